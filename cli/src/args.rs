@@ -1,0 +1,113 @@
+//! Command-line flags. Every flag also reads a `SECKILL_*` environment
+//! variable, so a container sets its role's config through the environment.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use seckill_schemas::runtime::KafkaSettings;
+use seckill_schemas::Topics;
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port].
+    #[arg(long, env = "SECKILL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub(crate) kafka_brokers: String,
+    /// Consumer-group session timeout; a group (re)joins after about half.
+    #[arg(long, env = "SECKILL_KAFKA_SESSION_TIMEOUT_MS", default_value_t = 6000)]
+    pub(crate) kafka_session_timeout_ms: u32,
+    /// Prefix of every topic and consumer group name.
+    #[arg(long, env = "SECKILL_TOPIC_PREFIX", default_value = "seckill")]
+    pub(crate) topic_prefix: String,
+    /// Partitions of the requests and orders topics when they are created.
+    #[arg(long, env = "SECKILL_PARTITIONS", default_value_t = 4)]
+    pub(crate) partitions: i32,
+}
+
+impl KafkaArgs {
+    pub(crate) fn settings(&self) -> KafkaSettings {
+        KafkaSettings {
+            brokers: self.kafka_brokers.clone(),
+            session_timeout_ms: self.kafka_session_timeout_ms,
+        }
+    }
+
+    pub(crate) fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RedisArgs {
+    /// Redis holding the campaigns' live state.
+    #[arg(
+        long,
+        env = "SECKILL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub(crate) redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "SECKILL_KEY_PREFIX", default_value = "seckill")]
+    pub(crate) key_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct StoreArgs {
+    /// Order store URL: sqlite://PATH.
+    #[arg(long, env = "SECKILL_STORE", default_value = "sqlite://data/orders.db")]
+    pub(crate) store: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ProcessArgs {
+    /// Most requests one processor batch decides.
+    #[arg(long, env = "SECKILL_BATCH_MAX", default_value_t = 2000)]
+    pub(crate) batch_max: usize,
+    /// Longest wait for a processor batch to fill after its first request.
+    #[arg(long, env = "SECKILL_BATCH_MAX_MS", default_value_t = 5)]
+    pub(crate) batch_max_ms: u64,
+    /// How long a decision stays readable by request id alone.
+    #[arg(long, env = "SECKILL_DECISION_TTL_SECS", default_value_t = 86_400)]
+    pub(crate) decision_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SinkArgs {
+    /// Most order events one store transaction writes.
+    #[arg(long, env = "SECKILL_SINK_BATCH_MAX", default_value_t = 5000)]
+    pub(crate) sink_batch_max: usize,
+    /// Longest wait for a sink batch to fill after its first event.
+    #[arg(long, env = "SECKILL_SINK_BATCH_MAX_MS", default_value_t = 20)]
+    pub(crate) sink_batch_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct IngestArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "SECKILL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) http_addr: SocketAddr,
+    /// Time allowed for the broker to acknowledge a request before the
+    /// client is told the outcome is unknown (503).
+    #[arg(long, env = "SECKILL_PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
+    pub(crate) produce_timeout_ms: u32,
+    /// Largest `?wait_ms=` a client may ask for.
+    #[arg(long, env = "SECKILL_MAX_WAIT_MS", default_value_t = 10_000)]
+    pub(crate) max_wait_ms: u64,
+    /// Requests per second per user (0 = unlimited); bursts of 2x pass.
+    #[arg(long, env = "SECKILL_RATE_LIMIT_PER_USER", default_value_t = 10)]
+    pub(crate) rate_limit_per_user: u32,
+    /// Requests per second for the whole instance (0 = unlimited).
+    #[arg(long, env = "SECKILL_RATE_LIMIT_GLOBAL", default_value_t = 100_000)]
+    pub(crate) rate_limit_global: u32,
+    /// Requests handled at once before answering 503 "system busy".
+    #[arg(long, env = "SECKILL_MAX_INFLIGHT", default_value_t = 20_000)]
+    pub(crate) max_inflight: usize,
+    /// Bearer token for the admin API; unset leaves it open (local use only).
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN")]
+    pub(crate) admin_token: Option<String>,
+    /// Age of the campaign state the fast path answers from.
+    #[arg(long, env = "SECKILL_CAMPAIGN_CACHE_MS", default_value_t = 100)]
+    pub(crate) campaign_cache_ms: u64,
+    /// Largest request body accepted.
+    #[arg(long, env = "SECKILL_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub(crate) max_body_bytes: usize,
+}

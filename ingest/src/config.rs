@@ -1,0 +1,32 @@
+use std::net::SocketAddr;
+
+use seckill_schemas::runtime::KafkaSettings;
+use seckill_schemas::Topics;
+
+/// Everything ingest needs.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub http_addr: SocketAddr,
+    pub kafka: KafkaSettings,
+    pub redis_url: String,
+    pub topics: Topics,
+    pub key_prefix: String,
+    /// After this long without the broker's acknowledgement a request's fate
+    /// is unknown and the client gets 503 (retry with the same key).
+    pub produce_timeout_ms: u32,
+    /// Upper bound of `?wait_ms=`.
+    pub max_wait_ms: u64,
+    /// Requests per second one user may send (0 = no limit); bursts of twice
+    /// that pass.
+    pub rate_limit_per_user: u32,
+    /// Requests per second the whole instance accepts (0 = no limit).
+    pub rate_limit_global: u32,
+    /// Requests handled at once; more get 503 "system busy".
+    pub max_inflight: usize,
+    /// Bearer token the admin API requires; `None` leaves it open (local use).
+    pub admin_token: Option<String>,
+    /// How long a campaign's cached state answers the fast path.
+    pub campaign_cache_ms: u64,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}

@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::problem::Problem;
+use crate::state::AppState;
+
+/// Liveness: the process answers. Checks no dependency on purpose, so a
+/// broker outage does not get every ingest restarted.
+pub(super) async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: broker, Redis and the order store all answer.
+pub(super) async fn ready(State(app): State<AppState>) -> Response {
+    let limit = Duration::from_secs(3);
+    let kafka = tokio::time::timeout(
+        limit,
+        seckill_schemas::runtime::broker_reachable(&app.config.kafka),
+    );
+    let mut con = app.redis.clone();
+    let redis = tokio::time::timeout(limit, async move {
+        redis::cmd("PING").query_async::<String>(&mut con).await
+    });
+    let store = tokio::time::timeout(limit, app.store.ping());
+    let (kafka, redis, store) = tokio::join!(kafka, redis, store);
+    let verdict = |ok: bool, what: &str| if ok { "ok".to_owned() } else { what.to_owned() };
+    let checks = json!({
+        "kafka": verdict(matches!(kafka, Ok(Ok(()))), &format!("unreachable at {}", app.config.kafka.brokers)),
+        "redis": verdict(matches!(redis, Ok(Ok(_))), &format!("unreachable at {}", app.config.redis_url)),
+        "store": verdict(matches!(store, Ok(Ok(()))), "not answering"),
+    });
+    let all_ok = checks
+        .as_object()
+        .is_some_and(|o| o.values().all(|v| v == "ok"));
+    if all_ok {
+        Json(json!({"status": "ready", "checks": checks})).into_response()
+    } else {
+        Problem::unavailable(format!("not ready: {checks}")).into_response()
+    }
+}
+
+/// Every metric of this process in the Prometheus text format.
+pub fn metrics_text() -> String {
+    let mut buf = String::new();
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&prometheus::gather(), &mut buf) {
+        tracing::warn!(error = %e, "metrics encoding failed");
+    }
+    buf
+}
+
+pub(super) async fn metrics() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_text(),
+    )
+        .into_response()
+}

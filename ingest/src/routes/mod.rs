@@ -1,0 +1,51 @@
+mod campaigns;
+mod health;
+mod orders;
+mod purchases;
+mod queue;
+mod requests;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use health::metrics_text;
+
+use crate::internal_events;
+use crate::problem::Problem;
+use crate::state::AppState;
+
+pub(crate) fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/campaigns", post(campaigns::create))
+        .route("/v1/campaigns/{id}", get(campaigns::get))
+        .route("/v1/purchases", post(purchases::create))
+        .route("/v1/requests/{request_id}", get(requests::get))
+        .route("/v1/orders", get(orders::list))
+        .route("/v1/orders/{order_id}", get(orders::get))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(count))
+        .with_state(state)
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such route; see the HTTP API in the README")
+}
+
+async fn count(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await.into_response();
+    internal_events::http_answered(&route, resp.status().as_u16());
+    resp
+}

@@ -1,0 +1,244 @@
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use seckill_schemas::{
+    now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Decision, DecisionStatus,
+    PurchaseBody, PurchaseRequested, RequestAccepted, RequestEvent, MAX_QUANTITY, SCHEMA_VERSION,
+};
+
+use super::queue::{enqueue, wait_for};
+use super::requests::read_decision;
+use crate::body;
+use crate::cache::{state_at, Snapshot};
+use crate::internal_events;
+use crate::listener::Wakeup;
+use crate::problem::Problem;
+use crate::state::{App, AppState};
+
+/// The fast path refuses by ingest's clock only this far outside the
+/// window, so a small clock difference with Redis never refuses a request
+/// the processor would accept.
+const WINDOW_GRACE_MS: i64 = 1000;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+/// `POST /v1/purchases[?wait_ms=N]`.
+pub(super) async fn create(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match purchase(&app, &headers, query, body).await {
+        Ok(r) => r,
+        Err(p) => {
+            internal_events::purchase("refused");
+            p.into_response()
+        }
+    }
+}
+
+fn user_of(headers: &HeaderMap) -> Result<String, Problem> {
+    let user = headers
+        .get("x-user-id")
+        .ok_or_else(|| {
+            Problem::bad_request("missing user: send the user id in the X-User-Id header")
+        })?
+        .to_str()
+        .map_err(|_| Problem::bad_request("X-User-Id must be printable ASCII"))?;
+    validate_user_id(user)
+        .map_err(|e| Problem::bad_request(format!("X-User-Id: {}", e.problem)))?;
+    Ok(user.to_owned())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::bad_request("Idempotency-Key must be 1-255 printable ASCII characters")
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+fn too_many(detail: &str) -> Problem {
+    Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests", detail).retry_after(1)
+}
+
+/// The answer the fast path can give from the cached snapshot, if any.
+fn fast_answer(snap: &Snapshot, quantity: u32) -> Option<(DecisionStatus, &'static str)> {
+    let now = now_ms();
+    if snap.closed {
+        return Some((DecisionStatus::NotActive, "closed"));
+    }
+    if now < snap.starts_ms - WINDOW_GRACE_MS {
+        return Some((DecisionStatus::NotActive, "not_started"));
+    }
+    if now >= snap.ends_ms + WINDOW_GRACE_MS {
+        return Some((DecisionStatus::NotActive, "ended"));
+    }
+    // Only a clear sell-out is answered here: the state is at most one cache
+    // period old, and stock never grows without a command behind it.
+    if state_at(snap.starts_ms, snap.ends_ms, snap.closed, now)
+        != seckill_schemas::CampaignState::Closed
+        && snap.available < u64::from(quantity)
+    {
+        return Some((DecisionStatus::SoldOut, "sold_out"));
+    }
+    None
+}
+
+async fn purchase(
+    app: &App,
+    headers: &HeaderMap,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let _permit = app.inflight.clone().try_acquire_owned().map_err(|_| {
+        Problem::unavailable("system busy: too many requests in flight; retry shortly")
+            .retry_after(1)
+    })?;
+    let Query(q) = query.map_err(|e| Problem::bad_request(format!("bad query string: {e}")))?;
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > app.config.max_wait_ms {
+        return Err(Problem::bad_request(format!(
+            "wait_ms must be at most {}",
+            app.config.max_wait_ms
+        )));
+    }
+    let user = user_of(headers)?;
+    if app.global.as_ref().is_some_and(|l| l.check().is_err()) {
+        return Err(too_many(
+            "the sale is over its request rate; retry in a moment",
+        ));
+    }
+    if app
+        .per_user
+        .as_ref()
+        .is_some_and(|l| l.check_key(&user).is_err())
+    {
+        return Err(too_many(
+            "this user sends requests too fast; retry in a moment",
+        ));
+    }
+    let body: PurchaseBody = body::parse(body, app.config.max_body_bytes)?;
+    validate_campaign_id(&body.campaign_id).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let quantity = body.quantity.unwrap_or(1);
+    if quantity == 0 || quantity > MAX_QUANTITY {
+        return Err(Problem::bad_request(format!(
+            "quantity must be between 1 and {MAX_QUANTITY}"
+        )));
+    }
+
+    let key = idempotency_key(headers)?;
+    let request_id = match &key {
+        Some(k) => request_id_for_key(&user, k),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    if key.is_some() {
+        if let Some(d) = read_decision(app, &request_id).await? {
+            if d.campaign_id != body.campaign_id {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Unprocessable Entity",
+                    "this Idempotency-Key was used for a different campaign; use a new key",
+                ));
+            }
+            internal_events::purchase("replayed");
+            return Ok(Json(d).into_response());
+        }
+    }
+
+    let mut con = app.redis.clone();
+    match app.cache.get(&mut con, &app.keys, &body.campaign_id).await {
+        Ok(None) => {
+            return Err(Problem::not_found(format!(
+                "campaign {:?} does not exist",
+                body.campaign_id
+            )))
+        }
+        Ok(Some(snap)) => {
+            if let Some((status, reason)) = fast_answer(&snap, quantity) {
+                internal_events::purchase(if status == DecisionStatus::SoldOut {
+                    "fast_sold_out"
+                } else {
+                    "fast_not_active"
+                });
+                return Ok(Json(Decision {
+                    request_id,
+                    campaign_id: body.campaign_id,
+                    user_id: user,
+                    status,
+                    reason: Some(reason.to_owned()),
+                    order_id: None,
+                    quantity: None,
+                    expires_at_ms: None,
+                })
+                .into_response());
+            }
+        }
+        // Without the cache the processor still decides correctly; only the
+        // shortcut is lost.
+        Err(e) => tracing::debug!(error = %e, "campaign cache unavailable; queueing"),
+    }
+
+    let rx = (wait_ms > 0).then(|| app.waiters.register(&request_id));
+    let event = RequestEvent::PurchaseRequested(PurchaseRequested {
+        schema_version: SCHEMA_VERSION,
+        request_id: request_id.clone(),
+        campaign_id: body.campaign_id,
+        user_id: user,
+        quantity,
+        requested_at_ms: Some(now_ms()),
+    });
+    if let Err(p) = enqueue(app, &event).await {
+        app.waiters.forget(&request_id);
+        return Err(p);
+    }
+    internal_events::purchase("queued");
+    let accepted = || {
+        (
+            StatusCode::ACCEPTED,
+            Json(RequestAccepted {
+                request_id: request_id.clone(),
+                status: DecisionStatus::Pending,
+            }),
+        )
+            .into_response()
+    };
+    let Some(rx) = rx else {
+        return Ok(accepted());
+    };
+    let pick = |w| match w {
+        Wakeup::Decision(d) => Some(d),
+        Wakeup::Campaign(_) => None,
+    };
+    let check = || async { read_decision(app, &request_id).await.ok().flatten() };
+    let waited = wait_for(
+        app,
+        &request_id,
+        rx,
+        Duration::from_millis(wait_ms),
+        pick,
+        check,
+    )
+    .await;
+    Ok(match waited {
+        Some(d) => Json(d).into_response(),
+        None => accepted(),
+    })
+}

@@ -1,0 +1,84 @@
+//! Putting a request on the requests topic, and waiting for its outcome.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureRecord;
+use seckill_schemas::RequestEvent;
+use tokio::sync::oneshot;
+
+use crate::internal_events;
+use crate::listener::Wakeup;
+use crate::problem::Problem;
+use crate::state::App;
+
+/// Produces `event` keyed by its campaign and waits for the broker's
+/// acknowledgement. Without one the request's fate is unknown, and the
+/// client is told so (503 with the request id), never told it failed.
+pub(crate) async fn enqueue(app: &App, event: &RequestEvent) -> Result<(), Problem> {
+    let payload = serde_json::to_vec(event).unwrap_or_default();
+    let record = FutureRecord::to(&app.config.topics.requests)
+        .key(event.campaign_id())
+        .payload(&payload);
+    let started = Instant::now();
+    match app.producer.send(record, Duration::from_secs(1)).await {
+        Ok(_) => {
+            internal_events::produced(started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err((e, _)) => {
+            internal_events::produce_failed(event.request_id(), &e);
+            Err(Problem::unavailable(format!(
+                "could not confirm that the request was queued ({e}); it may or may not be \
+                 processed: retry with the same Idempotency-Key, which is safe"
+            ))
+            .request_id(event.request_id())
+            .retry_after(1))
+        }
+    }
+}
+
+/// Waits up to `wait` for the listener to deliver the outcome of
+/// `request_id`. `check` reads the outcome from Redis; it runs once a second
+/// and at the end, so an event the listener missed still ends the wait.
+pub(crate) async fn wait_for<T, F, Fut>(
+    app: &App,
+    request_id: &str,
+    mut rx: oneshot::Receiver<Wakeup>,
+    wait: Duration,
+    pick: impl Fn(Wakeup) -> Option<T>,
+    check: F,
+) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + wait;
+    let mut listening = true;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let slice = remaining.min(Duration::from_secs(1));
+        if listening {
+            match tokio::time::timeout(slice, &mut rx).await {
+                Ok(Ok(w)) => {
+                    if let Some(t) = pick(w) {
+                        return Some(t);
+                    }
+                    listening = false;
+                }
+                Ok(Err(_)) => listening = false,
+                Err(_) => {}
+            }
+        } else {
+            tokio::time::sleep(slice).await;
+        }
+        if let Some(t) = check().await {
+            app.waiters.forget(request_id);
+            return Some(t);
+        }
+        if Instant::now() >= deadline {
+            app.waiters.forget(request_id);
+            return None;
+        }
+    }
+}

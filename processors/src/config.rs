@@ -1,0 +1,21 @@
+use seckill_schemas::runtime::KafkaSettings;
+use seckill_schemas::Topics;
+
+/// Everything one processor needs.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub kafka: KafkaSettings,
+    pub redis_url: String,
+    pub topics: Topics,
+    /// Consumer group shared by all processors of a deployment.
+    pub group_id: String,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Most messages decided in one batch.
+    pub batch_max: usize,
+    /// Longest wait for a batch to fill once its first message is in.
+    pub batch_max_ms: u64,
+    /// How long `GET /v1/requests/{id}` can read a decision without knowing
+    /// its campaign.
+    pub decision_ttl_secs: u64,
+}

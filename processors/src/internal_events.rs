@@ -1,0 +1,96 @@
+//! Everything the processors count or log about their work, in one place.
+//! Metric names are written here and nowhere else.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
+    IntCounterVec,
+};
+
+// Registration only fails on a duplicate name, and each name is registered
+// once, here.
+static DECISIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seckill_decisions_total",
+        "Requests decided by the processors, by outcome",
+        &["outcome"]
+    )
+    .expect("metric registered once")
+});
+
+static LUA_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "seckill_lua_duration_seconds",
+        "Time of one decision script call (one campaign of one batch)",
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+    )
+    .expect("metric registered once")
+});
+
+static BATCH_MESSAGES: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "seckill_processor_batch_messages",
+        "Messages per processor batch",
+        vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0]
+    )
+    .expect("metric registered once")
+});
+
+static BATCH_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seckill_processor_retries_total",
+        "Batch steps retried after a transient failure, by step",
+        &["step"]
+    )
+    .expect("metric registered once")
+});
+
+static DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seckill_requests_dead_lettered_total",
+        "Request-topic messages sent to the requests DLQ, by error class",
+        &["error_class"]
+    )
+    .expect("metric registered once")
+});
+
+static EVENTS_EMITTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seckill_order_events_emitted_total",
+        "Events the processors produced to the orders topic"
+    )
+    .expect("metric registered once")
+});
+
+pub(crate) fn batch_received(messages: usize) {
+    BATCH_MESSAGES.observe(messages as f64);
+}
+
+pub(crate) fn decided(outcome: &str) {
+    DECISIONS.with_label_values(&[outcome]).inc();
+}
+
+pub(crate) fn lua_call(seconds: f64) {
+    LUA_SECONDS.observe(seconds);
+}
+
+pub(crate) fn events_emitted(n: usize) {
+    EVENTS_EMITTED.inc_by(n as u64);
+}
+
+pub(crate) fn step_failed(step: &'static str, error: &dyn std::fmt::Display) {
+    BATCH_RETRIES.with_label_values(&[step]).inc();
+    tracing::warn!(step, error = %error, "batch step failed; retrying the batch (decisions are idempotent)");
+}
+
+pub(crate) fn dead_lettered(error_class: &str, reason: &str, partition: i32, offset: i64) {
+    DEAD_LETTERED.with_label_values(&[error_class]).inc();
+    tracing::warn!(
+        error_class,
+        reason,
+        partition,
+        offset,
+        "request sent to the dead-letter topic"
+    );
+}

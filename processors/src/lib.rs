@@ -1,0 +1,29 @@
+//! The processors: a consumer group on the requests topic that decides every
+//! request with one atomic Lua call per campaign per batch and emits the
+//! decisions to the orders topic.
+
+mod config;
+mod decide;
+mod error;
+mod internal_events;
+mod run;
+
+pub use config::ProcessorConfig;
+pub use decide::{Decider, Outcome};
+pub use error::ProcessorError;
+pub use run::run;
+
+/// Connects to Redis with a connection that reconnects by itself.
+pub async fn connect_redis(url: &str) -> Result<redis::aio::ConnectionManager, ProcessorError> {
+    let client = redis::Client::open(url).map_err(|source| ProcessorError::RedisUrl {
+        url: url.to_owned(),
+        source,
+    })?;
+    client
+        .get_connection_manager()
+        .await
+        .map_err(|source| ProcessorError::RedisConnect {
+            url: url.to_owned(),
+            source,
+        })
+}

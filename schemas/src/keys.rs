@@ -1,0 +1,72 @@
+//! Redis key layout. Every key of a campaign carries the hash tag `{c:<id>}`
+//! so that one Lua call touches one slot and runs unchanged on Redis Cluster.
+//! The processors are the only writers of these keys; ingest only reads them.
+
+/// Key names for a deployment (a prefix keeps tests and environments apart).
+#[derive(Debug, Clone)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+/// The keys of one campaign.
+#[derive(Debug, Clone)]
+pub struct CampaignKeys {
+    /// Hash: the campaign definition and its state flags.
+    pub meta: String,
+    /// Hash: `total`, `available`, `reserved`, `paid` units.
+    pub stock: String,
+    /// Hash: user id -> units the user holds in this campaign.
+    pub users: String,
+    /// Hash: request id -> the encoded decision, for idempotent redelivery.
+    pub requests: String,
+    /// Hash: order id -> encoded reservation.
+    pub orders: String,
+}
+
+impl KeyLayout {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn campaign(&self, campaign_id: &str) -> CampaignKeys {
+        let tag = format!("{}:{{c:{campaign_id}}}", self.prefix);
+        CampaignKeys {
+            meta: format!("{tag}:meta"),
+            stock: format!("{tag}:stock"),
+            users: format!("{tag}:users"),
+            requests: format!("{tag}:req"),
+            orders: format!("{tag}:orders"),
+        }
+    }
+
+    /// Decision of one request as API JSON, readable without knowing the
+    /// campaign (that is what `GET /v1/requests/{id}` has). Written by the
+    /// processor after the Lua call; the authoritative copy stays in the
+    /// campaign's `requests` hash.
+    pub fn decision(&self, request_id: &str) -> String {
+        format!("{}:decision:{request_id}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn campaign_keys_share_one_hash_tag() {
+        let keys = KeyLayout::new("seckill").campaign("summer-1");
+        for key in [
+            &keys.meta,
+            &keys.stock,
+            &keys.users,
+            &keys.requests,
+            &keys.orders,
+        ] {
+            let open = key.find('{').expect("hash tag opens");
+            let close = key.find('}').expect("hash tag closes");
+            assert_eq!(&key[open + 1..close], "c:summer-1", "{key}");
+        }
+    }
+}

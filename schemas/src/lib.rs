@@ -1,0 +1,44 @@
+//! The contract between seckill's roles and the services that feed it.
+//!
+//! Everything that crosses a process boundary is defined here: the events on
+//! the request and order topics, the HTTP bodies, the topic names, the Redis
+//! key layout and the id derivations. Upstream services that produce requests
+//! straight to Kafka depend on this crate (or on the JSON Schemas generated
+//! from it under `schemas/json/`).
+//!
+//! Versioning rule: between schema versions only additive, optional fields may
+//! appear. Consumers therefore accept unknown fields on events; HTTP bodies,
+//! which a person types, reject them so typos are caught.
+
+mod api;
+mod campaign;
+mod events;
+mod ids;
+mod keys;
+mod topics;
+mod validate;
+
+#[cfg(feature = "runtime")]
+pub mod runtime;
+
+pub mod json_schema;
+
+pub use api::{Decision, DecisionStatus, OrderView, PurchaseBody, RequestAccepted};
+pub use campaign::{CampaignKind, CampaignSpec, CampaignState, CampaignView, StockView};
+pub use events::{
+    CampaignApplied, CampaignOutcome, OrderEvent, PurchaseRequested, Rejected, RequestEvent,
+    Reserved, UpsertCampaign,
+};
+pub use ids::{order_id_for, request_id_for_key};
+pub use keys::{CampaignKeys, KeyLayout};
+pub use topics::Topics;
+pub use validate::{validate_campaign_id, validate_user_id, ValidationError, MAX_QUANTITY};
+
+/// The schema version this build writes. Readers accept any version up to it
+/// and, because changes are additive, newer ones too.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Current wall-clock time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
