@@ -78,3 +78,6 @@ pub(crate) fn status_rank(status: &str) -> i64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod conformance;

@@ -1,0 +1,128 @@
+//! One conformance suite for every [`OrderStore`] backend. SQLite runs it
+//! always; another backend runs the same functions when its server is
+//! configured.
+
+use seckill_schemas::{order_id_for, DecisionStatus, OrderEvent, Rejected, Reserved};
+
+use super::{OrderFilter, OrderStore};
+
+fn reserved(request: &str, campaign: &str, user: &str) -> OrderEvent {
+    OrderEvent::Reserved(Reserved {
+        schema_version: 1,
+        request_id: request.into(),
+        order_id: order_id_for(request),
+        campaign_id: campaign.into(),
+        user_id: user.into(),
+        quantity: 1,
+        price: 500,
+        requested_at_ms: 1,
+        decided_at_ms: 2,
+        expires_at_ms: 300_002,
+    })
+}
+
+pub(super) async fn applying_twice_leaves_one_row(store: &dyn OrderStore) {
+    let e = reserved("r1", "c1", "u1");
+    store.apply(&[e.clone(), e.clone()]).await.unwrap();
+    store.apply(&[e]).await.unwrap();
+    let rows = store
+        .list_orders(&OrderFilter {
+            campaign_id: Some("c1".into()),
+            limit: 10,
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].order_id, order_id_for("r1"));
+    assert_eq!(rows[0].status, "reserved");
+    assert_eq!(rows[0].expires_at_ms, 300_002);
+}
+
+pub(super) async fn rejections_store_nothing(store: &dyn OrderStore) {
+    let e = OrderEvent::Rejected(Rejected {
+        schema_version: 1,
+        request_id: "r2".into(),
+        campaign_id: "c2".into(),
+        user_id: "u2".into(),
+        status: DecisionStatus::SoldOut,
+        reason: "sold_out".into(),
+        requested_at_ms: 1,
+        decided_at_ms: 2,
+    });
+    store.apply(&[e]).await.unwrap();
+    assert!(store
+        .get_order(&order_id_for("r2"))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub(super) async fn filters_and_pages(store: &dyn OrderStore) {
+    let events: Vec<_> = (0..25)
+        .map(|i| {
+            reserved(
+                &format!("p{i}"),
+                "c3",
+                if i % 2 == 0 { "even" } else { "odd" },
+            )
+        })
+        .collect();
+    store.apply(&events).await.unwrap();
+    let even = store
+        .list_orders(&OrderFilter {
+            campaign_id: Some("c3".into()),
+            user_id: Some("even".into()),
+            limit: 100,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(even.len(), 13);
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_orders(&OrderFilter {
+                campaign_id: Some("c3".into()),
+                user_id: None,
+                limit: 10,
+                after: after.clone(),
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|o| o.order_id.clone());
+        seen.extend(page.into_iter().map(|o| o.order_id));
+    }
+    assert_eq!(seen.len(), 25);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages come in order-id order");
+}
+
+async fn run_all(store: &dyn OrderStore) {
+    store.ping().await.unwrap();
+    applying_twice_leaves_one_row(store).await;
+    rejections_store_nothing(store).await;
+    filters_and_pages(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/orders.db", dir.path().display());
+    let store = super::open_store(&url).await.unwrap();
+    run_all(&*store).await;
+}
+
+#[tokio::test]
+async fn unknown_schemes_are_refused_with_a_hint() {
+    let err = match super::open_store("mysql://x").await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("mysql:// must be refused"),
+    };
+    assert!(err.contains("sqlite://"), "{err}");
+}
