@@ -9,7 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -271,12 +271,13 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Tells apart a broker that is down from one that answers.
-pub async fn broker_reachable(settings: &KafkaSettings) -> Result<(), KafkaError> {
-    let settings = settings.clone();
+/// Asks the broker for metadata through an existing producer's connection,
+/// which tells a broker that is down from one that answers.
+pub async fn broker_reachable(producer: &FutureProducer) -> Result<(), KafkaError> {
+    let producer = producer.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: rdkafka::consumer::BaseConsumer = settings.base().create()?;
-        consumer
+        producer
+            .client()
             .fetch_metadata(None, Duration::from_secs(2))
             .map(|_| ())
     })

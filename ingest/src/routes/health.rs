@@ -20,7 +20,7 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let limit = Duration::from_secs(3);
     let kafka = tokio::time::timeout(
         limit,
-        seckill_schemas::runtime::broker_reachable(&app.config.kafka),
+        seckill_schemas::runtime::broker_reachable(&app.producer),
     );
     let mut con = app.redis.clone();
     let redis = tokio::time::timeout(limit, async move {
