@@ -89,6 +89,7 @@ struct Seen {
     /// Accept-to-decision latencies (ms): order-event timestamp minus the
     /// request's `requested_at_ms`.
     latencies_ms: Vec<i64>,
+    first_decision: Option<Instant>,
     last_decision: Option<Instant>,
 }
 
@@ -149,10 +150,12 @@ impl BenchCmd {
                 .iter()
                 .filter(|r| s.decisions.contains_key(*r))
                 .count();
-            let secs = s
-                .last_decision
-                .map(|t| t.duration_since(started).as_secs_f64())
-                .unwrap_or(f64::NAN);
+            // The decision rate is taken over the window in which decisions
+            // arrived, so it measures the processors, not the load generator.
+            let secs = match (s.first_decision, s.last_decision) {
+                (Some(a), Some(b)) if b > a => b.duration_since(a).as_secs_f64(),
+                _ => f64::NAN,
+            };
             (
                 decided,
                 secs,
@@ -336,7 +339,9 @@ impl BenchCmd {
                 let published = m.timestamp().to_millis().unwrap_or(requested);
                 let record = DecisionRecord::from(&d);
                 let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                s.last_decision = Some(Instant::now());
+                let now = Instant::now();
+                s.first_decision.get_or_insert(now);
+                s.last_decision = Some(now);
                 match s.decisions.get(&d.request_id) {
                     Some(prev) if *prev != record => {
                         s.conflicting.insert(d.request_id.clone());

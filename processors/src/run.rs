@@ -2,13 +2,15 @@
 //! offsets stored only after every event of the batch is acknowledged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use seckill_schemas::runtime::{dead_letter, recv_batch, store_done};
@@ -20,17 +22,27 @@ use seckill_schemas::{
 use crate::decide::{Decider, Outcome};
 use crate::{connect_redis, internal_events, ProcessorConfig, ProcessorError};
 
-/// Runs one processor until `cancel` fires; the batch in hand when it fires
-/// is finished and its offsets committed before this returns.
+/// Batches decided but not yet acknowledged by the broker, at most.
+const PIPELINE_DEPTH: usize = 4;
+
+/// Runs one processor until `cancel` fires; the batches in hand when it
+/// fires are finished and their offsets committed before this returns.
+///
+/// Two stages overlap: this loop reads a batch, decides it and hands the
+/// produced events to a settling task, then reads the next batch while the
+/// broker acknowledges the previous one. The settling task stores a batch's
+/// offsets only once every event of it is acknowledged, in batch order.
 pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(), ProcessorError> {
     let kafka_err = |source| ProcessorError::Kafka {
         brokers: config.kafka.brokers.clone(),
         source,
     };
-    let consumer = config
-        .kafka
-        .group_consumer(&config.group_id)
-        .map_err(kafka_err)?;
+    let consumer = Arc::new(
+        config
+            .kafka
+            .group_consumer(&config.group_id)
+            .map_err(kafka_err)?,
+    );
     consumer
         .subscribe(&[config.topics.requests.as_str()])
         .map_err(kafka_err)?;
@@ -38,15 +50,31 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     // a broker hiccup delays a batch instead of failing it.
     let producer = config.kafka.producer(0).map_err(kafka_err)?;
     let redis = connect_redis(&config.redis_url).await?;
-    let worker = Worker {
+    let worker = Arc::new(Worker {
         decider: Decider::new(&config.key_prefix),
         keys: KeyLayout::new(config.key_prefix.clone()),
         redis,
         producer,
         config: config.clone(),
         cancel: cancel.clone(),
-    };
+    });
     tracing::info!(topic = %config.topics.requests, group = %config.group_id, "processor started");
+
+    let (to_settle, mut settling) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);
+    let settler = {
+        let (worker, consumer) = (Arc::clone(&worker), Arc::clone(&consumer));
+        tokio::spawn(async move {
+            while let Some(mut batch) = settling.recv().await {
+                if !worker.settle(&mut batch).await {
+                    // Stopped before the broker acknowledged it: the batch's
+                    // offsets stay unstored and it is redelivered later.
+                    break;
+                }
+                store_done(&consumer, &batch.messages);
+            }
+        })
+    };
+
     let wait = Duration::from_millis(config.batch_max_ms);
     loop {
         let batch = match recv_batch(&consumer, config.batch_max, wait, &cancel).await {
@@ -61,12 +89,16 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
             }
         };
         internal_events::batch_received(batch.len());
-        if !worker.handle(&batch).await {
-            // Stopped while a dependency was down: the batch is not done, so
-            // its offsets stay unstored and it is redelivered later.
+        let Some(in_flight) = worker.handle(batch).await else {
+            break;
+        };
+        if to_settle.send(in_flight).await.is_err() {
             break;
         }
-        store_done(&consumer, &batch);
+    }
+    drop(to_settle);
+    if let Err(e) = settler.await {
+        tracing::error!(error = %e, "settling task failed");
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed; the last batch will be redelivered");
@@ -118,12 +150,12 @@ fn parse(message: &OwnedMessage) -> Result<RequestEvent, String> {
 }
 
 impl Worker {
-    /// Decides and publishes one batch. Returns false only when stopped
-    /// before the batch was done.
-    async fn handle(&self, batch: &[OwnedMessage]) -> bool {
-        let mut parsed = Vec::with_capacity(batch.len());
+    /// Decides one batch and hands its events to the producer. Returns
+    /// `None` only when stopped before the batch was decided.
+    async fn handle(&self, messages: Vec<OwnedMessage>) -> Option<InFlight> {
+        let mut parsed = Vec::with_capacity(messages.len());
         let mut bad = Vec::new();
-        for m in batch {
+        for m in &messages {
             match parse(m) {
                 Ok(event) => parsed.push(Parsed { message: m, event }),
                 Err(reason) => bad.push((m, reason)),
@@ -131,36 +163,42 @@ impl Worker {
         }
 
         // Group by campaign, keeping offset order inside each group.
-        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut slots: HashMap<&str, usize> = HashMap::new();
         let mut groups: Vec<(&str, Vec<&Parsed<'_>>)> = Vec::new();
         for p in &parsed {
             let cid = p.event.campaign_id();
-            let slot = *index.entry(cid).or_insert_with(|| {
+            let slot = *slots.entry(cid).or_insert_with(|| {
                 groups.push((cid, Vec::new()));
                 groups.len() - 1
             });
             groups[slot].1.push(p);
         }
 
-        let Some(outcomes) = self.decide_all(&groups).await else {
-            return false;
-        };
+        let outcomes = self.decide_all(&groups).await?;
 
         let mut events = Vec::with_capacity(parsed.len());
         for ((cid, items), outs) in groups.iter().zip(outcomes) {
             for (p, outcome) in items.iter().zip(outs) {
-                events.push((*cid, to_event(p, outcome)));
+                events.push((cid.to_string(), to_event(p, outcome)));
             }
-        }
-        if !self.publish(&events).await {
-            return false;
         }
         for (m, reason) in bad {
             if !self.dead_letter(m, &reason).await {
-                return false;
+                return None;
             }
         }
-        true
+        let index = self.index_pipeline(&events);
+        let payloads: Vec<(String, Vec<u8>)> = events
+            .into_iter()
+            .map(|(cid, e)| (cid, serde_json::to_vec(&e).unwrap_or_default()))
+            .collect();
+        let deliveries = self.send_all(&payloads, 0..payloads.len()).await;
+        Some(InFlight {
+            messages,
+            payloads,
+            deliveries,
+            index,
+        })
     }
 
     /// One Lua call per campaign, run concurrently; repeated until all
@@ -190,59 +228,50 @@ impl Worker {
         }
     }
 
-    /// Produces every event, records purchase decisions for lookup by id,
-    /// and waits until the broker has acknowledged all of them.
-    async fn publish(&self, events: &[(&str, OrderEvent)]) -> bool {
-        let payloads: Vec<(&str, Vec<u8>)> = events
-            .iter()
-            .map(|(cid, e)| (*cid, serde_json::to_vec(e).unwrap_or_default()))
-            .collect();
-        let mut pending: Vec<usize> = (0..payloads.len()).collect();
+    /// Queues the payloads at `which` for sending, keyed by campaign.
+    async fn send_all(
+        &self,
+        payloads: &[(String, Vec<u8>)],
+        which: impl IntoIterator<Item = usize>,
+    ) -> Vec<(usize, DeliveryFuture)> {
+        let mut out = Vec::new();
+        for i in which {
+            let (cid, payload) = &payloads[i];
+            let mut record = FutureRecord::to(&self.config.topics.orders)
+                .key(cid.as_str())
+                .payload(payload.as_slice());
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(f) => {
+                        out.push((i, f));
+                        break;
+                    }
+                    Err((e, r)) => {
+                        // Queue full: let librdkafka drain it, then retry.
+                        record = r;
+                        tracing::debug!(error = %e, "producer queue full");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until the broker has acknowledged every event of the batch and
+    /// its decisions are readable by request id. Returns false only when
+    /// stopped first.
+    async fn settle(&self, batch: &mut InFlight) -> bool {
         let mut backoff = Duration::from_millis(50);
-        let index = self.index_decisions(events);
-        tokio::pin!(index);
-        let mut index_done = false;
+        let mut deliveries = std::mem::take(&mut batch.deliveries);
         loop {
-            let mut futures = Vec::with_capacity(pending.len());
-            for &i in &pending {
-                let (cid, payload) = &payloads[i];
-                let mut record = FutureRecord::to(&self.config.topics.orders)
-                    .key(*cid)
-                    .payload(payload.as_slice());
-                loop {
-                    match self.producer.send_result(record) {
-                        Ok(f) => {
-                            futures.push((i, f));
-                            break;
-                        }
-                        Err((e, r)) => {
-                            // Queue full: let librdkafka drain it, then retry.
-                            record = r;
-                            tracing::debug!(error = %e, "producer queue full");
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                }
-            }
-            let (delivered, index_result) = tokio::join!(
-                join_all(
-                    futures
-                        .into_iter()
-                        .map(|(i, f)| async move { (i, f.await) })
-                ),
-                async {
-                    if index_done {
-                        Ok(())
-                    } else {
-                        (&mut index).await
-                    }
-                }
-            );
-            match index_result {
-                Ok(()) => index_done = true,
-                Err(e) => internal_events::step_failed("index", &e),
-            }
-            pending = delivered
+            let results = join_all(
+                deliveries
+                    .into_iter()
+                    .map(|(i, f)| async move { (i, f.await) }),
+            )
+            .await;
+            let failed: Vec<usize> = results
                 .into_iter()
                 .filter_map(|(i, r)| match r {
                     Ok(Ok(_)) => None,
@@ -253,26 +282,35 @@ impl Worker {
                     Err(_) => Some(i),
                 })
                 .collect();
-            if pending.is_empty() && index_done {
-                internal_events::events_emitted(payloads.len());
-                return true;
+            if failed.is_empty() {
+                break;
             }
             if pause(&self.cancel, backoff).await {
                 return false;
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
-            if !index_done {
-                index.set(self.index_decisions(events));
-            }
+            deliveries = self.send_all(&batch.payloads, failed).await;
         }
+        internal_events::events_emitted(batch.payloads.len());
+
+        let mut backoff = Duration::from_millis(50);
+        while let Some(pipe) = &batch.index {
+            let mut con = self.redis.clone();
+            match pipe.query_async::<()>(&mut con).await {
+                Ok(()) => break,
+                Err(e) => internal_events::step_failed("index", &e),
+            }
+            if pause(&self.cancel, backoff).await {
+                return false;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        true
     }
 
     /// Writes each purchase decision under its request id so ingest can
     /// answer `GET /v1/requests/{id}` without knowing the campaign.
-    fn index_decisions<'a>(
-        &'a self,
-        events: &'a [(&'a str, OrderEvent)],
-    ) -> impl std::future::Future<Output = Result<(), redis::RedisError>> + 'a {
+    fn index_pipeline(&self, events: &[(String, OrderEvent)]) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
         let mut any = false;
         for (_, e) in events {
@@ -287,14 +325,7 @@ impl Worker {
                 any = true;
             }
         }
-        let mut con = self.redis.clone();
-        async move {
-            if any {
-                pipe.query_async::<()>(&mut con).await
-            } else {
-                Ok(())
-            }
-        }
+        any.then_some(pipe)
     }
 
     async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> bool {
@@ -326,6 +357,16 @@ impl Worker {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// A decided batch on its way to the broker.
+struct InFlight {
+    messages: Vec<OwnedMessage>,
+    /// (campaign, event JSON) per decided request.
+    payloads: Vec<(String, Vec<u8>)>,
+    deliveries: Vec<(usize, DeliveryFuture)>,
+    /// The decisions to record by request id, if any.
+    index: Option<redis::Pipeline>,
 }
 
 /// The order-topic event for one decided request.
