@@ -415,6 +415,8 @@ async fn per_user_limit_2_third_purchase_is_limit_exceeded() {
             order_id: Some(order_id_for(&ghost)),
             quantity: Some(1),
             expires_at_ms: None,
+            prize_id: None,
+            prize_name: None,
         }],
     );
     let carol_first = expected.keys().next().expect("a request").clone();

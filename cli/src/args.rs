@@ -68,6 +68,9 @@ pub(crate) struct ProcessArgs {
     /// How long a decision stays readable by request id alone.
     #[arg(long, env = "SECKILL_DECISION_TTL_SECS", default_value_t = 86_400)]
     pub(crate) decision_ttl_secs: u64,
+    /// How often overdue reservations are looked for and expired.
+    #[arg(long, env = "SECKILL_EXPIRY_INTERVAL_MS", default_value_t = 500)]
+    pub(crate) expiry_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -110,4 +113,7 @@ pub(crate) struct IngestArgs {
     /// Largest request body accepted.
     #[arg(long, env = "SECKILL_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub(crate) max_body_bytes: usize,
+    /// Allow `POST /v1/campaigns/{id}/reset`: for test environments only.
+    #[arg(long, env = "SECKILL_ENABLE_RESET", default_value_t = false)]
+    pub(crate) enable_reset: bool,
 }

@@ -257,6 +257,7 @@ impl BenchCmd {
                 ends_at: now + chrono::Duration::hours(1),
                 payment_timeout_secs: 300,
                 price: 100,
+                ..CampaignSpec::default()
             };
             let mut req = http.post(format!("{}/v1/campaigns", self.url)).json(&spec);
             if let Some(t) = &self.admin_token {
@@ -332,9 +333,9 @@ impl BenchCmd {
                     continue;
                 }
                 let requested = match &event {
-                    OrderEvent::Reserved(r) => r.requested_at_ms,
+                    OrderEvent::Reserved(r) | OrderEvent::Confirmed(r) => r.requested_at_ms,
                     OrderEvent::Rejected(r) => r.requested_at_ms,
-                    OrderEvent::CampaignApplied(_) => continue,
+                    _ => continue,
                 };
                 let published = m.timestamp().to_millis().unwrap_or(requested);
                 let record = DecisionRecord::from(&d);
@@ -415,6 +416,7 @@ impl BenchCmd {
                 user_id: user.clone(),
                 quantity: 1,
                 requested_at_ms: Some(now_ms()),
+                attributes: None,
             });
             let payload = serde_json::to_vec(&event)?;
             let mut record = FutureRecord::to(&topic)

@@ -44,6 +44,9 @@ pub struct CampaignReport {
     pub missing_from_store: usize,
     /// 1 when Redis counters break available + reserved + paid = total.
     pub conservation_errors: usize,
+    /// Units the store's live orders hold minus Redis reserved + paid
+    /// (either way); 0 once in-flight events have settled.
+    pub store_counter_mismatch: usize,
 }
 
 /// Every stored order of a campaign.
@@ -103,14 +106,15 @@ pub async fn check_campaign(
     let orders = stored_orders(store, campaign_id).await?;
     let total_units = total.max(0) as usize;
 
-    let decided_units: usize = decisions
+    // Units a cancelled or expired order held went back on sale, so only
+    // live orders (reserved, paid) count against the stock.
+    let live: Vec<&OrderView> = orders
         .iter()
-        .filter(|d| d.status == DecisionStatus::Reserved)
-        .map(|d| d.quantity as usize)
-        .sum();
-    let stored_units: usize = orders.iter().map(|o| o.quantity as usize).sum();
+        .filter(|o| o.status == "reserved" || o.status == "paid")
+        .collect();
+    let stored_units: usize = live.iter().map(|o| o.quantity as usize).sum();
     let redis_units = (reserved + paid).max(0) as usize;
-    let oversold = [decided_units, stored_units, redis_units]
+    let oversold = [stored_units, redis_units]
         .into_iter()
         .map(|u| u.saturating_sub(total_units))
         .max()
@@ -118,7 +122,7 @@ pub async fn check_campaign(
         + usize::from(available < 0);
 
     let mut per_user: HashMap<&str, usize> = HashMap::new();
-    for o in &orders {
+    for o in &live {
         *per_user.entry(o.user_id.as_str()).or_default() += o.quantity as usize;
     }
     let duplicate_orders = per_user
@@ -129,6 +133,7 @@ pub async fn check_campaign(
     let stored: HashSet<&str> = orders.iter().map(|o| o.order_id.as_str()).collect();
     let missing_from_store = decisions
         .iter()
+        .filter(|d| matches!(d.status, DecisionStatus::Reserved | DecisionStatus::Won))
         .filter_map(|d| d.order_id.as_deref())
         .filter(|id| !stored.contains(id))
         .count();
@@ -136,6 +141,7 @@ pub async fn check_campaign(
     Ok(CampaignReport {
         campaign_id: campaign_id.to_owned(),
         stored_orders: orders.len(),
+        store_counter_mismatch: stored_units.abs_diff(redis_units),
         oversold,
         duplicate_orders,
         missing_from_store,

@@ -100,6 +100,7 @@ fn processor_config(k: &KafkaArgs, r: &RedisArgs, p: &ProcessArgs) -> ProcessorC
         batch_max: p.batch_max.max(1),
         batch_max_ms: p.batch_max_ms,
         decision_ttl_secs: p.decision_ttl_secs,
+        expiry_interval_ms: p.expiry_interval_ms,
     }
 }
 
@@ -128,6 +129,7 @@ fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
         admin_token: i.admin_token.clone(),
         campaign_cache_ms: i.campaign_cache_ms,
         max_body_bytes: i.max_body_bytes,
+        enable_reset: i.enable_reset,
     }
 }
 

@@ -29,4 +29,6 @@ pub struct IngestConfig {
     pub campaign_cache_ms: u64,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Allow `POST /v1/campaigns/{id}/reset` (test environments only).
+    pub enable_reset: bool,
 }

@@ -10,7 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use seckill_schemas::runtime::KafkaSettings;
-use seckill_schemas::{CampaignOutcome, Decision, OrderEvent};
+use seckill_schemas::{CampaignApplied, Decision, OrderCommandResult, OrderEvent, OrderStatus};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub(crate) enum Wakeup {
     Decision(Decision),
-    Campaign(CampaignOutcome),
+    Campaign(CampaignApplied),
+    Order(OrderCommandResult),
 }
 
 /// Request id -> the callers waiting for it.
@@ -105,7 +106,31 @@ pub(crate) fn spawn(
                 continue;
             };
             let wakeup = match &event {
-                OrderEvent::CampaignApplied(a) => Wakeup::Campaign(a.outcome),
+                OrderEvent::CampaignApplied(a) => Wakeup::Campaign(a.clone()),
+                OrderEvent::Paid(c) | OrderEvent::Cancelled(c) => {
+                    Wakeup::Order(OrderCommandResult {
+                        request_id: c.request_id.clone(),
+                        order_id: c.order_id.clone(),
+                        accepted: true,
+                        status: event.order_state().map(|(s, _)| s),
+                        reason: None,
+                    })
+                }
+                OrderEvent::OrderCommandRejected(r) => Wakeup::Order(OrderCommandResult {
+                    request_id: r.request_id.clone(),
+                    order_id: r.order_id.clone(),
+                    accepted: false,
+                    status: match r.reason.as_str() {
+                        "already_paid" => Some(OrderStatus::Paid),
+                        "cancelled" => Some(OrderStatus::Cancelled),
+                        "expired" => Some(OrderStatus::Expired),
+                        _ => None,
+                    },
+                    reason: Some(r.reason.clone()),
+                }),
+                // An expiry caused by a late pay is followed by the pay's
+                // refusal, which is what its caller waits for.
+                OrderEvent::Expired(_) => continue,
                 other => match other.decision() {
                     Some(d) => Wakeup::Decision(d),
                     None => continue,

@@ -17,6 +17,9 @@ pub(crate) struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<String>,
+    /// Machine-readable cause, e.g. `expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     #[serde(skip)]
     retry_after_secs: Option<u64>,
 }
@@ -30,6 +33,7 @@ impl Problem {
             code: status.as_u16(),
             detail: detail.into(),
             request_id: None,
+            reason: None,
             retry_after_secs: None,
         }
     }
@@ -56,6 +60,11 @@ impl Problem {
 
     pub(crate) fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into());
+        self
+    }
+
+    pub(crate) fn reason(mut self, reason: String) -> Self {
+        self.reason = Some(reason);
         self
     }
 

@@ -26,6 +26,7 @@ pub(crate) struct App {
     pub(crate) per_user: Option<DefaultKeyedRateLimiter<String>>,
     pub(crate) global: Option<DefaultDirectRateLimiter>,
     pub(crate) inflight: Arc<Semaphore>,
+    pub(crate) started: std::time::Instant,
 }
 
 pub(crate) type AppState = Arc<App>;
@@ -80,6 +81,7 @@ impl App {
             waiters,
             per_user,
             global,
+            started: std::time::Instant::now(),
         });
         // The keyed limiter keeps a cell per user it has seen; forget the
         // ones that have been quiet so memory stays bounded over a long sale.

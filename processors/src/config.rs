@@ -18,4 +18,6 @@ pub struct ProcessorConfig {
     /// How long `GET /v1/requests/{id}` can read a decision without knowing
     /// its campaign.
     pub decision_ttl_secs: u64,
+    /// How often overdue reservations are looked for.
+    pub expiry_interval_ms: u64,
 }

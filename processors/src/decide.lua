@@ -5,17 +5,25 @@
 --   available + reserved + paid == total   (stock is conserved)
 --   available >= 0                         (nothing is oversold)
 --   users[u] <= per_user_limit             (no user holds more than allowed)
---   a request id is decided once: a redelivered request gets the decision
+--   an order leaves `reserved` once, to paid, cancelled or expired, and only
+--   cancelled and expired return its units (so stock comes back once);
+--   a request id is decided once: a redelivered request gets the answer
 --   stored under its id, and changes nothing.
 -- Time comes from the Redis server (TIME), never from a process clock.
 --
--- KEYS: 1 meta, 2 stock, 3 users, 4 requests, 5 orders (all {c:<id>} tagged)
--- ARGV[1]: JSON array of operations, in offset order:
---   {"t":"p","r":request,"u":user,"q":quantity,"o":order_id}
---   {"t":"c","r":request,"def":canonical_json,"stock":n,"limit":n,
---    "start":ms,"end":ms,"timeout":secs,"price":n}
--- Returns one string per operation, fields joined by '|':
---   status|reason|order_id|quantity|decided_at_ms|expires_at_ms|price
+-- KEYS: 1 meta, 2 stock, 3 users, 4 requests, 5 orders, 6 deadlines,
+--       7 attempts, 8 prizes, 9 stats (all tagged {c:<id>}: one slot)
+-- ARGV[1]: JSON array of operations, in offset order (t = type):
+--   p purchase/draw {r, u, q, o, d = draw point or absent, ne = 1 if not eligible}
+--   c create        {r, def, kind, stock, limit, start, end, timeout, price,
+--                    draft, max_att, strategy, table = [{id, p, price, stock}]}
+--   s add stock {r, q, prize}   z close {r}   b publish {r}   k reset {r}
+--   y pay {r, o, u}   n cancel {r, o, u}   x expire what is due {r}
+-- Returns one string per operation: records joined by "\n", fields by "|":
+--   d|status|reason|order|q|decided|expires|price|prize|confirmed
+--   c|outcome|reason|decided
+--   t|to|order|user|q|price|purchase_request|created|expires|prize|decided
+--   r|reason|decided
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ops = cjson.decode(ARGV[1])
@@ -25,19 +33,33 @@ local function int(n)
   return string.format('%d', n)
 end
 
-local function result(status, reason, order, q, expires, price)
-  return status .. '|' .. reason .. '|' .. (order or '') .. '|' .. (q and int(q) or '')
+local function decision(status, reason, order, q, expires, price, prize, confirmed)
+  return 'd|' .. status .. '|' .. reason .. '|' .. (order or '') .. '|' .. (q and int(q) or '')
     .. '|' .. int(now) .. '|' .. (expires and int(expires) or '') .. '|' .. (price or '')
+    .. '|' .. (prize or '') .. '|' .. (confirmed and '1' or '0')
 end
 
--- Campaign fields, read once per call; nil = not read yet, false = no campaign.
+local function campaign(outcome, reason)
+  return 'c|' .. outcome .. '|' .. (reason or '') .. '|' .. int(now)
+end
+
+local function refused(reason)
+  return 'r|' .. reason .. '|' .. int(now)
+end
+
+-- Campaign fields, read once per call; nil = not read yet, false = none.
 local meta = nil
--- The available counter is kept here and written back once at the end.
+-- Counters kept here and written back once at the end.
 local available = nil
-local reserved_delta = 0
+local d_total, d_avail, d_res, d_paid = 0, 0, 0, 0
+-- Prize units left, read on first use and written back at the end.
+local pstock = nil
+local pdirty = {}
+local stats = {}
 
 local function load_meta()
-  local v = redis.call('HMGET', KEYS[1], 'limit', 'start', 'end', 'timeout', 'price', 'closed')
+  local v = redis.call('HMGET', KEYS[1], 'limit', 'start', 'end', 'timeout', 'price', 'closed',
+    'draft', 'kind', 'max_att', 'strategy', 'table')
   if not v[1] then
     return false
   end
@@ -48,84 +70,379 @@ local function load_meta()
     timeout = tonumber(v[4]),
     price = v[5],
     closed = v[6] == '1',
+    draft = v[7] == '1',
+    lottery = v[8] == 'lottery',
+    max_att = tonumber(v[9] or '0'),
+    strategy = v[10] or 'fixed',
+    table = v[11] and cjson.decode(v[11]) or {},
   }
 end
 
-local function purchase(op)
+local function get_meta()
   if meta == nil then
     meta = load_meta()
   end
-  if not meta then
-    return result('not_active', 'unknown_campaign')
-  end
-  if meta.closed then
-    return result('not_active', 'closed')
-  end
-  if now < meta.start then
-    return result('not_active', 'not_started')
-  end
-  if now >= meta.stop then
-    return result('not_active', 'ended')
-  end
-  local q = tonumber(op.q)
-  local held = tonumber(redis.call('HGET', KEYS[3], op.u) or '0')
-  if held + q > meta.limit then
-    if meta.limit == 1 then
-      return result('duplicate', 'already_bought')
-    end
-    return result('limit_exceeded', 'per_user_limit')
-  end
+  return meta
+end
+
+local function get_available()
   if available == nil then
     available = tonumber(redis.call('HGET', KEYS[2], 'available') or '0')
   end
-  if available < q then
-    return result('sold_out', 'sold_out')
+  return available
+end
+
+local function load_pstock()
+  if pstock == nil then
+    pstock = {}
+    for _, pr in ipairs(meta.table) do
+      pstock[pr.id] = tonumber(redis.call('HGET', KEYS[8], pr.id) or '0')
+    end
+  end
+end
+
+local function move_prize(id, delta)
+  if id == nil or id == '' then
+    return
+  end
+  load_pstock()
+  pstock[id] = (pstock[id] or 0) + delta
+  pdirty[id] = true
+end
+
+-- Picks a prize for draw point u, or returns nil and why not.
+local function draw(u)
+  load_pstock()
+  if meta.strategy == 'renormalize' then
+    local all, left = 0, 0
+    for _, pr in ipairs(meta.table) do
+      all = all + pr.p
+      if pstock[pr.id] > 0 then
+        left = left + pr.p
+      end
+    end
+    if left <= 0 then
+      return nil, 'sold_out'
+    end
+    local cum = 0
+    for _, pr in ipairs(meta.table) do
+      if pstock[pr.id] > 0 then
+        cum = cum + pr.p * all / left
+        if u < cum then
+          return pr
+        end
+      end
+    end
+    return nil, 'lost'
+  end
+  local cum = 0
+  for _, pr in ipairs(meta.table) do
+    cum = cum + pr.p
+    if u < cum then
+      if pstock[pr.id] > 0 then
+        return pr
+      end
+      return nil, 'lost'
+    end
+  end
+  return nil, 'lost'
+end
+
+local function purchase(op)
+  if not get_meta() then
+    return decision('not_active', 'unknown_campaign')
+  end
+  if meta.draft then
+    return decision('not_active', 'draft')
+  end
+  if meta.closed then
+    return decision('not_active', 'closed')
+  end
+  if now < meta.start then
+    return decision('not_active', 'not_started')
+  end
+  if now >= meta.stop then
+    return decision('not_active', 'ended')
+  end
+  if op.ne then
+    return decision('not_eligible', 'not_eligible')
+  end
+  local q = tonumber(op.q)
+  if meta.lottery then
+    q = 1
+    if meta.max_att > 0 and tonumber(redis.call('HGET', KEYS[7], op.u) or '0') >= meta.max_att then
+      return decision('limit_exceeded', 'max_attempts')
+    end
+  end
+  local held = tonumber(redis.call('HGET', KEYS[3], op.u) or '0')
+  if held + q > meta.limit then
+    if meta.limit == 1 then
+      return decision('duplicate', 'already_bought')
+    end
+    return decision('limit_exceeded', 'per_user_limit')
+  end
+  if get_available() < q then
+    return decision('sold_out', 'sold_out')
+  end
+  local price = meta.price
+  local prize = nil
+  if meta.lottery then
+    if op.d == nil then
+      -- The processor sends a draw point for every lottery request; without
+      -- one there is nothing fair to decide with.
+      return decision('not_active', 'no_draw_point')
+    end
+    redis.call('HINCRBY', KEYS[7], op.u, 1)
+    local why
+    prize, why = draw(tonumber(op.d))
+    if not prize then
+      return decision(why, why)
+    end
+    move_prize(prize.id, -1)
+    price = int(prize.price)
   end
   available = available - q
-  reserved_delta = reserved_delta + q
+  d_avail = d_avail - q
   redis.call('HINCRBY', KEYS[3], op.u, q)
+  local confirmed = prize ~= nil and tonumber(price) == 0
   local expires = now + meta.timeout * 1000
-  redis.call('HSET', KEYS[5], op.o, op.u .. '|' .. int(q) .. '|reserved|' .. int(expires))
-  return result('reserved', '', op.o, q, expires, meta.price)
+  local state = 'reserved'
+  if confirmed then
+    expires = now
+    state = 'paid'
+    d_paid = d_paid + q
+  else
+    d_res = d_res + q
+    redis.call('ZADD', KEYS[6], expires, op.o)
+  end
+  local prize_id = prize and prize.id or ''
+  redis.call('HSET', KEYS[5], op.o, op.u .. '|' .. int(q) .. '|' .. state .. '|' .. int(expires)
+    .. '|' .. op.r .. '|' .. price .. '|' .. int(now) .. '|' .. prize_id)
+  return decision(prize and 'won' or 'reserved', '', op.o, q, expires, price, prize_id, confirmed)
 end
 
 local function create(op)
   local existing = redis.call('HGET', KEYS[1], 'def')
   if existing then
     if existing == op.def then
-      return result('unchanged', '')
+      return campaign('unchanged')
     end
-    return result('conflict', 'different_definition')
+    return campaign('conflict', 'different_definition')
   end
-  redis.call('HSET', KEYS[1], 'def', op.def, 'limit', op.limit, 'start', op.start,
-    'end', op['end'], 'timeout', op.timeout, 'price', op.price, 'closed', '0',
+  redis.call('HSET', KEYS[1], 'def', op.def, 'kind', op.kind, 'limit', op.limit,
+    'start', op.start, 'end', op['end'], 'timeout', op.timeout, 'price', op.price,
+    'closed', '0', 'draft', op.draft and '1' or '0', 'max_att', op.max_att or 0,
+    'strategy', op.strategy or 'fixed', 'table', cjson.encode(op.table or {}),
     'created_at', int(now))
   redis.call('HSET', KEYS[2], 'total', op.stock, 'available', op.stock, 'reserved', 0, 'paid', 0)
+  for _, pr in ipairs(op.table or {}) do
+    redis.call('HSET', KEYS[8], pr.id, pr.stock, pr.id .. ':total', pr.stock)
+  end
   meta = nil
   available = nil
-  return result('created', '')
+  pstock = nil
+  return campaign('created')
 end
 
-for i, op in ipairs(ops) do
-  local prior = redis.call('HGET', KEYS[4], op.r)
-  if prior then
-    out[i] = prior
-  else
-    local r
-    if op.t == 'p' then
-      r = purchase(op)
-    elseif op.t == 'c' then
-      r = create(op)
-    else
-      r = result('invalid', 'unknown_operation')
+local function add_stock(op)
+  if not get_meta() then
+    return campaign('refused', 'unknown_campaign')
+  end
+  local prize = op.prize
+  if meta.lottery then
+    if (prize == nil or prize == cjson.null) and #meta.table == 1 then
+      prize = meta.table[1].id
     end
-    redis.call('HSET', KEYS[4], op.r, r)
-    out[i] = r
+    local known = false
+    for _, pr in ipairs(meta.table) do
+      if pr.id == prize then
+        known = true
+      end
+    end
+    if not known then
+      return campaign('refused', 'unknown_prize')
+    end
+  elseif prize ~= nil and prize ~= cjson.null then
+    return campaign('refused', 'unknown_prize')
+  end
+  local q = tonumber(op.q)
+  get_available()
+  available = available + q
+  d_avail = d_avail + q
+  d_total = d_total + q
+  if meta.lottery then
+    move_prize(prize, q)
+    redis.call('HINCRBY', KEYS[8], prize .. ':total', q)
+  end
+  return campaign('applied')
+end
+
+local function set_flag(field, value)
+  if not get_meta() then
+    return campaign('refused', 'unknown_campaign')
+  end
+  redis.call('HSET', KEYS[1], field, value)
+  meta = nil
+  return campaign('applied')
+end
+
+local function reset()
+  if not get_meta() then
+    return campaign('refused', 'unknown_campaign')
+  end
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9])
+  local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0') + d_total
+  redis.call('HSET', KEYS[2], 'total', total, 'available', total, 'reserved', 0, 'paid', 0)
+  for _, pr in ipairs(meta.table) do
+    redis.call('HSET', KEYS[8], pr.id, redis.call('HGET', KEYS[8], pr.id .. ':total') or 0)
+  end
+  available, pstock, pdirty, stats = nil, nil, {}, {}
+  d_total, d_avail, d_res, d_paid = 0, 0, 0, 0
+  return campaign('applied')
+end
+
+local function parse_order(raw)
+  local f = {}
+  for field in string.gmatch(raw .. '|', '([^|]*)|') do
+    f[#f + 1] = field
+  end
+  return { user = f[1], q = tonumber(f[2]), state = f[3], expires = tonumber(f[4]),
+    rid = f[5], price = f[6], created = f[7], prize = f[8] or '' }
+end
+
+local function store_order(id, o)
+  redis.call('HSET', KEYS[5], id, o.user .. '|' .. int(o.q) .. '|' .. o.state .. '|'
+    .. int(o.expires) .. '|' .. o.rid .. '|' .. o.price .. '|' .. o.created .. '|' .. o.prize)
+end
+
+local function transition(to, id, o)
+  return 't|' .. to .. '|' .. id .. '|' .. o.user .. '|' .. int(o.q) .. '|' .. o.price .. '|'
+    .. o.rid .. '|' .. o.created .. '|' .. int(o.expires) .. '|' .. o.prize .. '|' .. int(now)
+end
+
+-- Ends a reservation and returns its units. Only ever called on an order in
+-- state `reserved`, so units come back once.
+local function release(id, o, to)
+  o.state = to
+  store_order(id, o)
+  redis.call('ZREM', KEYS[6], id)
+  get_available()
+  available = available + o.q
+  d_avail = d_avail + o.q
+  d_res = d_res - o.q
+  redis.call('HINCRBY', KEYS[3], o.user, -o.q)
+  if o.prize ~= '' and get_meta() then
+    move_prize(o.prize, o.q)
+  end
+  return transition(to, id, o)
+end
+
+local function order_command(op, pay)
+  local raw = redis.call('HGET', KEYS[5], op.o)
+  if not raw then
+    return refused('not_found')
+  end
+  local o = parse_order(raw)
+  if o.user ~= op.u then
+    return refused('not_owner')
+  end
+  if o.state == 'paid' then
+    return refused('already_paid')
+  end
+  if o.state == 'cancelled' or o.state == 'expired' then
+    return refused(o.state)
+  end
+  if now >= o.expires then
+    -- The deadline passed before the sweeper got to it: expire it here, so
+    -- a late pay can never win against an expiry.
+    return release(op.o, o, 'expired') .. '\n' .. refused('expired')
+  end
+  if pay then
+    o.state = 'paid'
+    store_order(op.o, o)
+    redis.call('ZREM', KEYS[6], op.o)
+    d_res = d_res - o.q
+    d_paid = d_paid + o.q
+    return transition('paid', op.o, o)
+  end
+  return release(op.o, o, 'cancelled')
+end
+
+local function expire_due()
+  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1000)
+  local records = {}
+  for _, id in ipairs(due) do
+    local raw = redis.call('HGET', KEYS[5], id)
+    if raw then
+      local o = parse_order(raw)
+      if o.state == 'reserved' then
+        records[#records + 1] = release(id, o, 'expired')
+      else
+        redis.call('ZREM', KEYS[6], id)
+      end
+    else
+      redis.call('ZREM', KEYS[6], id)
+    end
+  end
+  return table.concat(records, '\n')
+end
+
+local handlers = {
+  p = purchase,
+  c = create,
+  s = add_stock,
+  z = function() return set_flag('closed', '1') end,
+  b = function() return set_flag('draft', '0') end,
+  y = function(op) return order_command(op, true) end,
+  n = function(op) return order_command(op, false) end,
+}
+
+for i, op in ipairs(ops) do
+  if op.t == 'x' then
+    -- Not recorded: an expiry sweep is not a client request, and running it
+    -- again only expires what is due then.
+    out[i] = expire_due()
+  elseif op.t == 'k' then
+    -- Not recorded either: a reset forgets every recorded request.
+    out[i] = reset()
+  else
+    local prior = redis.call('HGET', KEYS[4], op.r)
+    if prior then
+      out[i] = prior
+    else
+      local handler = handlers[op.t]
+      local r
+      if handler then
+        r = handler(op)
+      else
+        r = refused('unknown_operation')
+      end
+      redis.call('HSET', KEYS[4], op.r, r)
+      if op.t == 'p' then
+        local status = string.match(r, '^d|([^|]*)|')
+        stats[status] = (stats[status] or 0) + 1
+      end
+      out[i] = r
+    end
   end
 end
 
-if reserved_delta ~= 0 then
-  redis.call('HINCRBY', KEYS[2], 'available', -reserved_delta)
-  redis.call('HINCRBY', KEYS[2], 'reserved', reserved_delta)
+if d_total ~= 0 then
+  redis.call('HINCRBY', KEYS[2], 'total', d_total)
+end
+if d_avail ~= 0 then
+  redis.call('HINCRBY', KEYS[2], 'available', d_avail)
+end
+if d_res ~= 0 then
+  redis.call('HINCRBY', KEYS[2], 'reserved', d_res)
+end
+if d_paid ~= 0 then
+  redis.call('HINCRBY', KEYS[2], 'paid', d_paid)
+end
+for id in pairs(pdirty) do
+  redis.call('HSET', KEYS[8], id, pstock[id])
+end
+for status, n in pairs(stats) do
+  redis.call('HINCRBY', KEYS[9], status, n)
 end
 return out

@@ -5,13 +5,21 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use seckill_schemas::{
-    order_id_for, CampaignOutcome, DecisionStatus, KeyLayout, PurchaseRequested, RequestEvent,
-    UpsertCampaign,
+    draw_point, order_id_for, CampaignAction, CampaignKind, CampaignOutcome, CampaignSpec,
+    DecisionStatus, DrawStrategy, KeyLayout, OrderAction, OrderStatus, RequestEvent,
 };
 
 /// The decision script. `redis::Script` runs it by SHA and reloads it when
 /// the server answers NOSCRIPT (script cache flushed, Redis restarted).
 const SCRIPT: &str = include_str!("decide.lua");
+
+#[derive(Serialize)]
+struct PrizeRow {
+    id: String,
+    p: f64,
+    price: u64,
+    stock: u64,
+}
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -22,51 +30,149 @@ enum Op<'a> {
         u: &'a str,
         q: u32,
         o: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        d: Option<f64>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        ne: bool,
     },
     Create {
         t: &'static str,
         r: &'a str,
         def: String,
+        kind: &'static str,
         stock: u64,
         limit: u32,
         start: i64,
         end: i64,
         timeout: u32,
         price: u64,
+        draft: bool,
+        max_att: u32,
+        strategy: &'static str,
+        table: Vec<PrizeRow>,
+    },
+    AddStock {
+        t: &'static str,
+        r: &'a str,
+        q: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prize: Option<&'a str>,
+    },
+    Order {
+        t: &'static str,
+        r: &'a str,
+        o: &'a str,
+        u: &'a str,
+    },
+    Simple {
+        t: &'static str,
+        r: &'a str,
     },
 }
 
-impl<'a> Op<'a> {
-    fn purchase(p: &'a PurchaseRequested) -> Self {
-        Op::Purchase {
-            t: "p",
-            r: &p.request_id,
-            u: &p.user_id,
-            q: p.quantity,
-            o: order_id_for(&p.request_id),
-        }
-    }
+fn canonical(spec: &CampaignSpec) -> String {
+    // serde writes fields in declaration order and skips unset options, so
+    // equal specs give equal strings.
+    serde_json::to_string(spec).unwrap_or_default()
+}
 
-    fn create(u: &'a UpsertCampaign) -> Self {
-        let c = &u.campaign;
-        Op::Create {
-            t: "c",
-            r: &u.request_id,
-            // The spec's own JSON is the definition compared on a repeat
-            // create; serde writes fields in declaration order, so equal
-            // specs give equal strings.
-            def: serde_json::to_string(c).unwrap_or_default(),
-            stock: c.stock,
-            limit: c.per_user_limit,
-            start: c.starts_at.timestamp_millis(),
-            end: c.ends_at.timestamp_millis(),
-            timeout: c.payment_timeout_secs,
-            price: c.price,
+impl<'a> Op<'a> {
+    fn of(event: &'a RequestEvent, spec: Option<&CampaignSpec>) -> Self {
+        match event {
+            RequestEvent::PurchaseRequested(p) => {
+                let d = spec
+                    .filter(|s| s.kind == CampaignKind::Lottery)
+                    .map(|s| draw_point(s.seed.as_deref().unwrap_or(&s.id), &p.request_id));
+                let eligible = match spec.and_then(|s| s.eligibility.as_ref()) {
+                    Some(rule) => p.attributes.as_ref().is_some_and(|a| rule.eval(a)),
+                    None => true,
+                };
+                Op::Purchase {
+                    t: "p",
+                    r: &p.request_id,
+                    u: &p.user_id,
+                    q: p.quantity,
+                    o: order_id_for(&p.request_id),
+                    d,
+                    ne: !eligible,
+                }
+            }
+            RequestEvent::UpsertCampaign(u) => {
+                let c = &u.campaign;
+                Op::Create {
+                    t: "c",
+                    r: &u.request_id,
+                    def: canonical(c),
+                    kind: match c.kind {
+                        CampaignKind::Sale => "sale",
+                        CampaignKind::Lottery => "lottery",
+                    },
+                    stock: c.stock,
+                    limit: c.per_user_limit,
+                    start: c.starts_at.timestamp_millis(),
+                    end: c.ends_at.timestamp_millis(),
+                    timeout: c.payment_timeout_secs,
+                    price: c.price,
+                    draft: c.draft,
+                    max_att: c.max_attempts_per_user.unwrap_or(0),
+                    strategy: match c.strategy.unwrap_or_default() {
+                        DrawStrategy::Fixed => "fixed",
+                        DrawStrategy::Renormalize => "renormalize",
+                    },
+                    table: Vec::new(),
+                }
+            }
+            RequestEvent::CampaignCommand(c) => match &c.action {
+                CampaignAction::AddStock { quantity, prize_id } => Op::AddStock {
+                    t: "s",
+                    r: &c.request_id,
+                    q: *quantity,
+                    prize: prize_id.as_deref(),
+                },
+                CampaignAction::Close => Op::Simple {
+                    t: "z",
+                    r: &c.request_id,
+                },
+                CampaignAction::Publish => Op::Simple {
+                    t: "b",
+                    r: &c.request_id,
+                },
+                CampaignAction::Reset => Op::Simple {
+                    t: "k",
+                    r: &c.request_id,
+                },
+            },
+            RequestEvent::OrderCommand(o) => Op::Order {
+                t: match o.action {
+                    OrderAction::Pay => "y",
+                    OrderAction::Cancel => "n",
+                },
+                r: &o.request_id,
+                o: &o.order_id,
+                u: &o.user_id,
+            },
+            RequestEvent::ExpireDue(e) => Op::Simple {
+                t: "x",
+                r: &e.request_id,
+            },
         }
     }
 }
 
-/// What the script answered for one operation.
+/// An order as the script reports it in a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub price: u64,
+    pub purchase_request_id: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub prize_id: Option<String>,
+}
+
+/// One record of the script's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Purchase {
@@ -77,44 +183,92 @@ pub enum Outcome {
         decided_at_ms: i64,
         expires_at_ms: i64,
         price: u64,
+        prize_id: Option<String>,
+        /// A free prize: the order is born paid.
+        confirmed: bool,
     },
     Campaign {
         outcome: CampaignOutcome,
+        reason: Option<String>,
+        decided_at_ms: i64,
+    },
+    Transition {
+        to: OrderStatus,
+        order: OrderRecord,
+        decided_at_ms: i64,
+    },
+    CommandRefused {
+        reason: String,
         decided_at_ms: i64,
     },
 }
 
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
 impl Outcome {
-    /// Parses `status|reason|order|quantity|decided_at|expires_at|price`.
     fn parse(raw: &str) -> Option<Self> {
-        let mut f = raw.split('|');
-        let status = f.next()?;
-        let reason = f.next()?.to_owned();
-        let order = f.next()?;
-        let quantity = f.next()?.parse().unwrap_or(0);
-        let decided_at_ms = f.next()?.parse().ok()?;
-        let expires_at_ms = f.next()?.parse().unwrap_or(0);
-        let price = f.next()?.parse().unwrap_or(0);
-        let outcome = match status {
-            "created" => CampaignOutcome::Created,
-            "unchanged" => CampaignOutcome::Unchanged,
-            "conflict" => CampaignOutcome::Conflict,
-            other => {
-                return Some(Outcome::Purchase {
-                    status: DecisionStatus::parse(other)?,
-                    reason,
-                    order_id: (!order.is_empty()).then(|| order.to_owned()),
-                    quantity,
-                    decided_at_ms,
-                    expires_at_ms,
-                    price,
-                })
-            }
-        };
-        Some(Outcome::Campaign {
-            outcome,
-            decided_at_ms,
+        let f: Vec<&str> = raw.split('|').collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+        Some(match *f.first()? {
+            "d" => Outcome::Purchase {
+                status: DecisionStatus::parse(f.get(1)?)?,
+                reason: (*f.get(2)?).to_owned(),
+                order_id: opt(f.get(3)?),
+                quantity: num(4).unwrap_or(0) as u32,
+                decided_at_ms: num(5)?,
+                expires_at_ms: num(6).unwrap_or(0),
+                price: num(7).unwrap_or(0) as u64,
+                prize_id: opt(f.get(8)?),
+                confirmed: *f.get(9)? == "1",
+            },
+            "c" => Outcome::Campaign {
+                outcome: match *f.get(1)? {
+                    "created" => CampaignOutcome::Created,
+                    "unchanged" => CampaignOutcome::Unchanged,
+                    "conflict" => CampaignOutcome::Conflict,
+                    "applied" => CampaignOutcome::Applied,
+                    "refused" => CampaignOutcome::Refused,
+                    _ => return None,
+                },
+                reason: opt(f.get(2)?),
+                decided_at_ms: num(3)?,
+            },
+            "t" => Outcome::Transition {
+                to: match *f.get(1)? {
+                    "paid" => OrderStatus::Paid,
+                    "cancelled" => OrderStatus::Cancelled,
+                    "expired" => OrderStatus::Expired,
+                    _ => return None,
+                },
+                order: OrderRecord {
+                    order_id: (*f.get(2)?).to_owned(),
+                    user_id: (*f.get(3)?).to_owned(),
+                    quantity: num(4)? as u32,
+                    price: num(5).unwrap_or(0) as u64,
+                    purchase_request_id: (*f.get(6)?).to_owned(),
+                    created_at_ms: num(7).unwrap_or(0),
+                    expires_at_ms: num(8).unwrap_or(0),
+                    prize_id: opt(f.get(9)?),
+                },
+                decided_at_ms: num(10)?,
+            },
+            "r" => Outcome::CommandRefused {
+                reason: (*f.get(1)?).to_owned(),
+                decided_at_ms: num(2)?,
+            },
+            _ => return None,
         })
+    }
+
+    /// All records of one operation's answer (an expiry sweep may have
+    /// none or many).
+    fn parse_all(raw: &str) -> Option<Vec<Self>> {
+        raw.split('\n')
+            .filter(|r| !r.is_empty())
+            .map(Self::parse)
+            .collect()
     }
 }
 
@@ -143,21 +297,37 @@ impl Decider {
     }
 
     /// Decides `events` (all of one campaign, in offset order) in one
-    /// atomic call. Safe to repeat: already decided requests come back with
-    /// their stored answer.
+    /// atomic call; `spec` is the campaign's definition when known. Safe to
+    /// repeat: recorded requests come back with their stored answer.
     pub async fn decide(
         &self,
         con: &mut ConnectionManager,
         campaign_id: &str,
+        spec: Option<&CampaignSpec>,
         events: &[&RequestEvent],
-    ) -> Result<Vec<Outcome>, DecideError> {
-        let ops: Vec<Op<'_>> = events
-            .iter()
-            .map(|e| match e {
-                RequestEvent::PurchaseRequested(p) => Op::purchase(p),
-                RequestEvent::UpsertCampaign(u) => Op::create(u),
-            })
-            .collect();
+    ) -> Result<Vec<Vec<Outcome>>, DecideError> {
+        // A create earlier in the same call defines the campaign for the
+        // requests after it.
+        let mut known = spec.cloned();
+        let mut ops = Vec::with_capacity(events.len());
+        for e in events {
+            let mut op = Op::of(e, known.as_ref());
+            if let (RequestEvent::UpsertCampaign(u), Op::Create { table, .. }) = (e, &mut op) {
+                *table = u
+                    .campaign
+                    .draw_table()
+                    .into_iter()
+                    .map(|p| PrizeRow {
+                        price: p.price.unwrap_or(0),
+                        id: p.id,
+                        p: p.probability,
+                        stock: p.stock,
+                    })
+                    .collect();
+                known.get_or_insert_with(|| u.campaign.clone());
+            }
+            ops.push(op);
+        }
         // Encoding plain structs of strings and numbers cannot fail.
         let arg = serde_json::to_string(&ops).unwrap_or_default();
         let k = self.keys.campaign(campaign_id);
@@ -168,6 +338,10 @@ impl Decider {
             .key(&k.users)
             .key(&k.requests)
             .key(&k.orders)
+            .key(&k.deadlines)
+            .key(&k.attempts)
+            .key(&k.prizes)
+            .key(&k.stats)
             .arg(arg)
             .invoke_async(con)
             .await?;
@@ -179,47 +353,7 @@ impl Decider {
             )));
         }
         raw.iter()
-            .map(|r| Outcome::parse(r).ok_or_else(|| DecideError::BadAnswer(r.clone())))
+            .map(|r| Outcome::parse_all(r).ok_or_else(|| DecideError::BadAnswer(r.clone())))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_reservation_and_a_rejection() {
-        let r = Outcome::parse("reserved||o-1|2|1700000000000|1700000300000|999").unwrap();
-        assert_eq!(
-            r,
-            Outcome::Purchase {
-                status: DecisionStatus::Reserved,
-                reason: String::new(),
-                order_id: Some("o-1".into()),
-                quantity: 2,
-                decided_at_ms: 1_700_000_000_000,
-                expires_at_ms: 1_700_000_300_000,
-                price: 999,
-            }
-        );
-        let s = Outcome::parse("sold_out|sold_out|||1700000000000||").unwrap();
-        assert!(matches!(
-            s,
-            Outcome::Purchase {
-                status: DecisionStatus::SoldOut,
-                order_id: None,
-                ..
-            }
-        ));
-        let c = Outcome::parse("conflict|different_definition|||5||").unwrap();
-        assert_eq!(
-            c,
-            Outcome::Campaign {
-                outcome: CampaignOutcome::Conflict,
-                decided_at_ms: 5
-            }
-        );
-        assert!(Outcome::parse("garbage").is_none());
     }
 }

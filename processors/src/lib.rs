@@ -7,9 +7,11 @@ mod decide;
 mod error;
 mod internal_events;
 mod run;
+mod sweep;
+mod translate;
 
 pub use config::ProcessorConfig;
-pub use decide::{Decider, Outcome};
+pub use decide::{Decider, OrderRecord, Outcome};
 pub use error::ProcessorError;
 pub use run::run;
 

@@ -14,12 +14,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use seckill_schemas::runtime::{dead_letter, recv_batch, store_done};
-use seckill_schemas::{
-    CampaignApplied, DecisionStatus, KeyLayout, OrderEvent, Rejected, RequestEvent, Reserved,
-    SCHEMA_VERSION,
-};
+use seckill_schemas::{CampaignSpec, KeyLayout, RequestEvent};
 
-use crate::decide::{Decider, Outcome};
+use crate::decide::{DecideError, Decider, Outcome};
+use crate::translate::{translate, Lookup};
 use crate::{connect_redis, internal_events, ProcessorConfig, ProcessorError};
 
 /// Batches decided but not yet acknowledged by the broker, at most.
@@ -52,6 +50,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     let redis = connect_redis(&config.redis_url).await?;
     let worker = Arc::new(Worker {
         decider: Decider::new(&config.key_prefix),
+        defs: std::sync::Mutex::new(HashMap::new()),
         keys: KeyLayout::new(config.key_prefix.clone()),
         redis,
         producer,
@@ -75,6 +74,12 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         })
     };
 
+    let sweeper = tokio::spawn(crate::sweep::run(
+        Arc::clone(&worker),
+        Arc::clone(&consumer),
+        cancel.clone(),
+    ));
+
     let wait = Duration::from_millis(config.batch_max_ms);
     loop {
         let batch = match recv_batch(&consumer, config.batch_max, wait, &cancel).await {
@@ -97,6 +102,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         }
     }
     drop(to_settle);
+    sweeper.abort();
     if let Err(e) = settler.await {
         tracing::error!(error = %e, "settling task failed");
     }
@@ -115,8 +121,9 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
     }
 }
 
-struct Worker {
+pub(crate) struct Worker {
     decider: Decider,
+    defs: std::sync::Mutex<HashMap<String, Arc<CampaignSpec>>>,
     keys: KeyLayout,
     redis: ConnectionManager,
     producer: FutureProducer,
@@ -174,12 +181,29 @@ impl Worker {
             groups[slot].1.push(p);
         }
 
-        let outcomes = self.decide_all(&groups).await?;
+        let decided = self.decide_all(&groups).await?;
 
-        let mut events = Vec::with_capacity(parsed.len());
-        for ((cid, items), outs) in groups.iter().zip(outcomes) {
-            for (p, outcome) in items.iter().zip(outs) {
-                events.push((cid.to_string(), to_event(p, outcome)));
+        let mut payloads: Vec<(String, Vec<u8>)> = Vec::with_capacity(parsed.len());
+        let mut lookups = Vec::new();
+        for ((cid, items), (spec, outs)) in groups.iter().zip(decided) {
+            // A campaign created in this very batch has no stored definition
+            // yet; its create command carries it.
+            let spec = spec.or_else(|| {
+                items.iter().find_map(|p| match &p.event {
+                    RequestEvent::UpsertCampaign(u) => Some(Arc::new(u.campaign.clone())),
+                    _ => None,
+                })
+            });
+            for (p, records) in items.iter().zip(outs) {
+                let message_ms = p.message.timestamp().to_millis().unwrap_or(0);
+                let t = translate(&p.event, records, spec.as_deref(), message_ms);
+                for e in &t.events {
+                    if let Some(d) = e.decision() {
+                        internal_events::decided(d.status.as_str());
+                    }
+                    payloads.push((cid.to_string(), serde_json::to_vec(e).unwrap_or_default()));
+                }
+                lookups.extend(t.lookups.into_iter().map(|l| (cid.to_string(), l)));
             }
         }
         for (m, reason) in bad {
@@ -187,11 +211,7 @@ impl Worker {
                 return None;
             }
         }
-        let index = self.index_pipeline(&events);
-        let payloads: Vec<(String, Vec<u8>)> = events
-            .into_iter()
-            .map(|(cid, e)| (cid, serde_json::to_vec(&e).unwrap_or_default()))
-            .collect();
+        let index = self.index_pipeline(&lookups);
         let deliveries = self.send_all(&payloads, 0..payloads.len()).await;
         Some(InFlight {
             messages,
@@ -201,19 +221,61 @@ impl Worker {
         })
     }
 
+    /// The stored definition of a campaign, cached: a definition never
+    /// changes once created (a different one is refused as a conflict).
+    async fn definition(
+        &self,
+        con: &mut ConnectionManager,
+        campaign_id: &str,
+    ) -> Result<Option<Arc<CampaignSpec>>, redis::RedisError> {
+        if let Some(spec) = self.lock_defs().get(campaign_id) {
+            return Ok(Some(Arc::clone(spec)));
+        }
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.campaign(campaign_id).meta)
+            .arg("def")
+            .query_async(con)
+            .await?;
+        let Some(spec) = raw.and_then(|r| serde_json::from_str::<CampaignSpec>(&r).ok()) else {
+            return Ok(None);
+        };
+        let spec = Arc::new(spec);
+        let mut defs = self.lock_defs();
+        if defs.len() > 10_000 {
+            defs.clear();
+        }
+        defs.insert(campaign_id.to_owned(), Arc::clone(&spec));
+        Ok(Some(spec))
+    }
+
+    fn lock_defs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<CampaignSpec>>> {
+        // Held for a map operation only, never across an await.
+        self.defs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// One Lua call per campaign, run concurrently; repeated until all
     /// succeed (a repeat returns the stored decisions).
-    async fn decide_all(&self, groups: &[(&str, Vec<&Parsed<'_>>)]) -> Option<Vec<Vec<Outcome>>> {
+    async fn decide_all(
+        &self,
+        groups: &[(&str, Vec<&Parsed<'_>>)],
+    ) -> Option<Vec<(Option<Arc<CampaignSpec>>, Vec<Vec<Outcome>>)>> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let calls = groups.iter().map(|(cid, items)| {
                 let mut con = self.redis.clone();
                 let events: Vec<&RequestEvent> = items.iter().map(|p| &p.event).collect();
                 async move {
+                    let spec = self
+                        .definition(&mut con, cid)
+                        .await
+                        .map_err(DecideError::from)?;
                     let started = Instant::now();
-                    let r = self.decider.decide(&mut con, cid, &events).await;
+                    let r = self
+                        .decider
+                        .decide(&mut con, cid, spec.as_deref(), &events)
+                        .await;
                     internal_events::lua_call(started.elapsed().as_secs_f64());
-                    r
+                    r.map(|outs| (spec, outs))
                 }
             });
             let results = join_all(calls).await;
@@ -308,24 +370,28 @@ impl Worker {
         true
     }
 
-    /// Writes each purchase decision under its request id so ingest can
-    /// answer `GET /v1/requests/{id}` without knowing the campaign.
-    fn index_pipeline(&self, events: &[(String, OrderEvent)]) -> Option<redis::Pipeline> {
+    /// Makes results findable without their campaign: decisions and
+    /// command results by request id, campaigns by order id, and new
+    /// campaigns for the expiry sweeper.
+    fn index_pipeline(&self, lookups: &[(String, Lookup)]) -> Option<redis::Pipeline> {
         let mut pipe = redis::pipe();
-        let mut any = false;
-        for (_, e) in events {
-            if let Some(d) = e.decision() {
-                let json = serde_json::to_string(&d).unwrap_or_default();
-                pipe.set_ex(
-                    self.keys.decision(&d.request_id),
-                    json,
-                    self.config.decision_ttl_secs,
-                )
-                .ignore();
-                any = true;
+        let ttl = self.config.decision_ttl_secs;
+        for (cid, l) in lookups {
+            match l {
+                Lookup::Result { request_id, json } => {
+                    pipe.set_ex(self.keys.decision(request_id), json, ttl)
+                        .ignore();
+                }
+                Lookup::OrderCampaign { order_id } => {
+                    pipe.set_ex(self.keys.order_campaign(order_id), cid, ttl)
+                        .ignore();
+                }
+                Lookup::NewCampaign => {
+                    pipe.sadd(self.keys.campaigns(), cid).ignore();
+                }
             }
         }
-        any.then_some(pipe)
+        (!lookups.is_empty()).then_some(pipe)
     }
 
     async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> bool {
@@ -359,6 +425,24 @@ impl Worker {
     }
 }
 
+impl Worker {
+    pub(crate) fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    pub(crate) fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    pub(crate) fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    pub(crate) fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
 /// A decided batch on its way to the broker.
 struct InFlight {
     messages: Vec<OwnedMessage>,
@@ -367,79 +451,4 @@ struct InFlight {
     deliveries: Vec<(usize, DeliveryFuture)>,
     /// The decisions to record by request id, if any.
     index: Option<redis::Pipeline>,
-}
-
-/// The order-topic event for one decided request.
-fn to_event(p: &Parsed<'_>, outcome: Outcome) -> OrderEvent {
-    let message_ms = p.message.timestamp().to_millis().unwrap_or(0);
-    match (&p.event, outcome) {
-        (
-            RequestEvent::UpsertCampaign(u),
-            Outcome::Campaign {
-                outcome,
-                decided_at_ms,
-            },
-        ) => OrderEvent::CampaignApplied(CampaignApplied {
-            schema_version: SCHEMA_VERSION,
-            request_id: u.request_id.clone(),
-            campaign_id: u.campaign.id.clone(),
-            outcome,
-            decided_at_ms,
-        }),
-        (
-            RequestEvent::PurchaseRequested(r),
-            Outcome::Purchase {
-                status,
-                reason,
-                order_id,
-                quantity,
-                decided_at_ms,
-                expires_at_ms,
-                price,
-            },
-        ) => {
-            internal_events::decided(status.as_str());
-            let requested_at_ms = r.requested_at_ms.unwrap_or(message_ms);
-            match (status, order_id) {
-                (DecisionStatus::Reserved, Some(order_id)) => OrderEvent::Reserved(Reserved {
-                    schema_version: SCHEMA_VERSION,
-                    request_id: r.request_id.clone(),
-                    order_id,
-                    campaign_id: r.campaign_id.clone(),
-                    user_id: r.user_id.clone(),
-                    quantity,
-                    price,
-                    requested_at_ms,
-                    decided_at_ms,
-                    expires_at_ms,
-                }),
-                (status, _) => OrderEvent::Rejected(Rejected {
-                    schema_version: SCHEMA_VERSION,
-                    request_id: r.request_id.clone(),
-                    campaign_id: r.campaign_id.clone(),
-                    user_id: r.user_id.clone(),
-                    status,
-                    reason,
-                    requested_at_ms,
-                    decided_at_ms,
-                }),
-            }
-        }
-        // A request id reused across kinds (a purchase id sent again as a
-        // campaign command, or the reverse) gets the stored answer of the
-        // other kind. Report it as a rejection rather than guess.
-        (event, _) => OrderEvent::Rejected(Rejected {
-            schema_version: SCHEMA_VERSION,
-            request_id: event.request_id().to_owned(),
-            campaign_id: event.campaign_id().to_owned(),
-            user_id: match event {
-                RequestEvent::PurchaseRequested(r) => r.user_id.clone(),
-                RequestEvent::UpsertCampaign(_) => String::new(),
-            },
-            status: DecisionStatus::NotActive,
-            reason: "request_id_reused".to_owned(),
-            requested_at_ms: message_ms,
-            decided_at_ms: message_ms,
-        }),
-    }
 }

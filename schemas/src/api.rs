@@ -1,6 +1,9 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rules::Attributes;
+use crate::AwardType;
+
 /// Body of `POST /v1/purchases`. The user comes from the request's identity,
 /// never from the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -9,6 +12,19 @@ pub struct PurchaseBody {
     /// Units wanted (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantity: Option<u32>,
+    /// The user's attributes for the campaign's eligibility rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Attributes>,
+}
+
+/// Body of `POST /v1/campaigns/{id}/stock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AddStockBody {
+    /// Units to add, at least 1.
+    pub quantity: u64,
+    /// The prize to add to, for a lottery with prizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
 }
 
 /// Outcome of a purchase request.
@@ -25,6 +41,12 @@ pub enum DecisionStatus {
     LimitExceeded,
     /// The campaign is unknown, not started, ended or closed (see `reason`).
     NotActive,
+    /// The user's attributes do not satisfy the campaign's rule.
+    NotEligible,
+    /// A lottery draw won a prize (see `prize_id`, `order_id`).
+    Won,
+    /// A lottery draw did not win.
+    Lost,
     /// Accepted, not decided yet.
     Pending,
 }
@@ -37,6 +59,9 @@ impl DecisionStatus {
             Self::Duplicate => "duplicate",
             Self::LimitExceeded => "limit_exceeded",
             Self::NotActive => "not_active",
+            Self::NotEligible => "not_eligible",
+            Self::Won => "won",
+            Self::Lost => "lost",
             Self::Pending => "pending",
         }
     }
@@ -48,6 +73,9 @@ impl DecisionStatus {
             "duplicate" => Self::Duplicate,
             "limit_exceeded" => Self::LimitExceeded,
             "not_active" => Self::NotActive,
+            "not_eligible" => Self::NotEligible,
+            "won" => Self::Won,
+            "lost" => Self::Lost,
             "pending" => Self::Pending,
             _ => return None,
         })
@@ -70,6 +98,69 @@ pub struct Decision {
     /// Payment deadline of a reservation (unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<i64>,
+    /// The prize won, for a lottery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_name: Option<String>,
+}
+
+/// Where an order is in its life. `reserved` moves to exactly one of the
+/// others, and never back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Reserved,
+    Paid,
+    Cancelled,
+    Expired,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Paid => "paid",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Statuses only move to a higher rank.
+    pub fn rank(self) -> i64 {
+        match self {
+            Self::Reserved => 1,
+            Self::Paid | Self::Cancelled | Self::Expired => 2,
+        }
+    }
+}
+
+/// The answer to a pay or cancel (`POST /v1/orders/{id}/pay|cancel`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCommandResult {
+    pub request_id: String,
+    pub order_id: String,
+    /// Whether the pay or cancel took effect.
+    pub accepted: bool,
+    /// The order's status after the command, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<OrderStatus>,
+    /// Why it was refused: `not_found`, `not_owner`, `expired`,
+    /// `already_paid`, `cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/campaigns/{id}/users/{user_id}`: has this user bought?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UserParticipation {
+    pub campaign_id: String,
+    pub user_id: String,
+    pub bought: bool,
+    /// Units (prizes) the user holds now.
+    pub units: u64,
+    /// Lottery draws the user made.
+    pub attempts: u64,
 }
 
 /// 202 body: the request is queued; poll `GET /v1/requests/{request_id}`.
@@ -93,4 +184,10 @@ pub struct OrderView {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub expires_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
+    #[serde(default)]
+    pub item_name: String,
+    #[serde(default)]
+    pub award_type: AwardType,
 }

@@ -2,6 +2,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rules::Rule;
+
 /// What a campaign sells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
@@ -9,22 +11,69 @@ pub enum CampaignKind {
     /// First come, first served, while stock lasts.
     #[default]
     Sale,
+    /// Every request is a draw; winners get a prize while prizes last.
+    Lottery,
+}
+
+/// How a won item reaches the winner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AwardType {
+    /// Credited in an account (points, a game item).
+    Virtual,
+    /// A code sent to the user.
+    Coupon,
+    /// Goods shipped to an address.
+    #[default]
+    Physical,
+}
+
+/// What a draw does when the band it lands in belongs to a sold-out prize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DrawStrategy {
+    /// The sold-out prize's share becomes a loss; other odds stay as set.
+    #[default]
+    Fixed,
+    /// The remaining prizes share the sold-out prize's probability in
+    /// proportion to their own.
+    Renormalize,
+}
+
+/// One prize of a lottery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PrizeSpec {
+    /// Prize id: 1-64 of `A-Z a-z 0-9 _ -`, unique in the campaign.
+    pub id: String,
+    pub name: String,
+    /// Units of this prize.
+    pub stock: u64,
+    /// Chance that one draw wins this prize (0-1). With `win_rate` set too,
+    /// the prizes' probabilities are weights that share `win_rate`.
+    pub probability: f64,
+    #[serde(default)]
+    pub award_type: AwardType,
+    /// Price the winner pays, in minor units; default the campaign's price.
+    /// A prize with price 0 is confirmed at once, with no payment step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<u64>,
 }
 
 /// A campaign as an admin defines it (`POST /v1/campaigns`), and as it travels
 /// to the processor inside an `upsert_campaign` command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 pub struct CampaignSpec {
     /// Campaign id: 1-64 of `A-Z a-z 0-9 _ -`. Also the Kafka key.
     pub id: String,
     /// Display name, 1-200 characters.
     pub name: String,
-    /// `sale` (default).
+    /// `sale` (default) or `lottery`.
     #[serde(default)]
     pub kind: CampaignKind,
-    /// Units for sale at the start.
+    /// Units at the start. For a lottery with prizes: the sum of the prizes'
+    /// stock.
     pub stock: u64,
-    /// Units one user may hold in this campaign (default 1).
+    /// Units (a lottery: prizes) one user may hold in this campaign (default 1).
     #[serde(default = "default_per_user_limit")]
     pub per_user_limit: u32,
     /// Start of the sale window (RFC 3339).
@@ -37,6 +86,33 @@ pub struct CampaignSpec {
     /// Unit price in minor currency units (cents), default 0.
     #[serde(default)]
     pub price: u64,
+    /// How the sold item is delivered (default `physical`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub award_type: Option<AwardType>,
+    /// Lottery: chance that a draw wins (default 0.2 when there are no prizes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub win_rate: Option<f64>,
+    /// Lottery: the prizes. Without them the campaign's own item is the one
+    /// prize, won with `win_rate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prizes: Vec<PrizeSpec>,
+    /// Lottery: `fixed` (default) or `renormalize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DrawStrategy>,
+    /// Lottery: draws one user may make, losses included (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts_per_user: Option<u32>,
+    /// Lottery: seed of the draws (default the campaign id). A draw is a
+    /// function of the seed and the request id, so a redelivered request
+    /// draws the same result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<String>,
+    /// Who may take part: a rule over the user's attributes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eligibility: Option<Rule>,
+    /// Create as a draft: it takes no requests until published.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft: bool,
 }
 
 fn default_per_user_limit() -> u32 {
@@ -47,13 +123,55 @@ fn default_payment_timeout_secs() -> u32 {
     300
 }
 
+impl CampaignSpec {
+    /// Lottery win rate when no prizes are given.
+    pub const DEFAULT_WIN_RATE: f64 = 0.2;
+
+    /// The prizes as drawn: a lottery without prizes has its own item as the
+    /// one prize (id `item`). Probabilities are absolute.
+    pub fn draw_table(&self) -> Vec<PrizeSpec> {
+        if self.kind != CampaignKind::Lottery {
+            return Vec::new();
+        }
+        if self.prizes.is_empty() {
+            return vec![PrizeSpec {
+                id: "item".to_owned(),
+                name: self.name.clone(),
+                stock: self.stock,
+                probability: self.win_rate.unwrap_or(Self::DEFAULT_WIN_RATE),
+                award_type: self.award_type.unwrap_or_default(),
+                price: Some(self.price),
+            }];
+        }
+        let weights: f64 = self.prizes.iter().map(|p| p.probability).sum();
+        self.prizes
+            .iter()
+            .map(|p| PrizeSpec {
+                probability: match self.win_rate {
+                    Some(rate) if weights > 0.0 => rate * p.probability / weights,
+                    _ => p.probability,
+                },
+                price: Some(p.price.unwrap_or(self.price)),
+                ..p.clone()
+            })
+            .collect()
+    }
+
+    /// The prize with this id, as drawn.
+    pub fn prize(&self, id: &str) -> Option<PrizeSpec> {
+        self.draw_table().into_iter().find(|p| p.id == id)
+    }
+}
+
 /// Where a campaign is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignState {
-    /// Defined; its window has not opened yet.
+    /// Created as a draft; not published yet.
+    Draft,
+    /// Published; its window has not opened yet.
     Scheduled,
-    /// Taking purchases.
+    /// Taking requests.
     Active,
     /// Ended by time or closed by an admin.
     Closed,
@@ -68,12 +186,21 @@ pub struct StockView {
     pub available: u64,
     /// Units held by reservations awaiting payment.
     pub reserved: u64,
-    /// Units paid for.
+    /// Units paid for (or won free).
     pub paid: u64,
 }
 
-/// `GET /v1/campaigns/{id}`.
+/// One prize's units (`GET /v1/campaigns/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PrizeStock {
+    pub id: String,
+    pub name: String,
+    pub total: u64,
+    pub available: u64,
+}
+
+/// `GET /v1/campaigns/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CampaignView {
     pub id: String,
     pub name: String,
@@ -85,4 +212,8 @@ pub struct CampaignView {
     pub ends_at: DateTime<Utc>,
     pub payment_timeout_secs: u32,
     pub price: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prizes: Vec<PrizeStock>,
+    /// The definition as created (lottery settings, eligibility rule).
+    pub definition: CampaignSpec,
 }

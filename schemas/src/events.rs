@@ -1,36 +1,57 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{CampaignSpec, Decision, DecisionStatus};
+use crate::rules::Attributes;
+use crate::{AwardType, CampaignSpec, Decision, DecisionStatus, OrderStatus};
 
 /// A message on the requests topic (key = campaign id). Purchases and every
-/// command that changes a campaign share the topic so that they are ordered
-/// per campaign and the partition's processor is the campaign's only writer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// command that changes a campaign or one of its orders share the topic, so
+/// they are ordered per campaign and the partition's processor is the
+/// campaign's only writer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RequestEvent {
     PurchaseRequested(PurchaseRequested),
     UpsertCampaign(UpsertCampaign),
+    CampaignCommand(CampaignCommand),
+    OrderCommand(OrderCommand),
+    ExpireDue(ExpireDue),
 }
 
 impl RequestEvent {
     pub fn request_id(&self) -> &str {
         match self {
-            Self::PurchaseRequested(p) => &p.request_id,
-            Self::UpsertCampaign(u) => &u.request_id,
+            Self::PurchaseRequested(e) => &e.request_id,
+            Self::UpsertCampaign(e) => &e.request_id,
+            Self::CampaignCommand(e) => &e.request_id,
+            Self::OrderCommand(e) => &e.request_id,
+            Self::ExpireDue(e) => &e.request_id,
         }
     }
 
     pub fn campaign_id(&self) -> &str {
         match self {
-            Self::PurchaseRequested(p) => &p.campaign_id,
-            Self::UpsertCampaign(u) => &u.campaign.id,
+            Self::PurchaseRequested(e) => &e.campaign_id,
+            Self::UpsertCampaign(e) => &e.campaign.id,
+            Self::CampaignCommand(e) => &e.campaign_id,
+            Self::OrderCommand(e) => &e.campaign_id,
+            Self::ExpireDue(e) => &e.campaign_id,
+        }
+    }
+
+    pub(crate) fn schema_version(&self) -> u32 {
+        match self {
+            Self::PurchaseRequested(e) => e.schema_version,
+            Self::UpsertCampaign(e) => e.schema_version,
+            Self::CampaignCommand(e) => e.schema_version,
+            Self::OrderCommand(e) => e.schema_version,
+            Self::ExpireDue(e) => e.schema_version,
         }
     }
 }
 
-/// A user asks for units of a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A user asks for units of a sale, or for a draw of a lottery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PurchaseRequested {
     pub schema_version: u32,
     /// Unique per purchase attempt; redelivering the same id yields the same
@@ -38,13 +59,16 @@ pub struct PurchaseRequested {
     pub request_id: String,
     pub campaign_id: String,
     pub user_id: String,
-    /// Units wanted, at least 1 (default 1).
+    /// Units wanted, at least 1 (default 1; a lottery draw is always 1).
     #[serde(default = "one")]
     pub quantity: u32,
     /// When the request was accepted upstream (unix ms); the message
     /// timestamp is used when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at_ms: Option<i64>,
+    /// The user's attributes for eligibility rules (age, region, tags, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Attributes>,
 }
 
 fn one() -> u32 {
@@ -53,7 +77,7 @@ fn one() -> u32 {
 
 /// Create (prewarm) a campaign. Applying the same definition twice is a
 /// no-op; a different definition under an existing id is a conflict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UpsertCampaign {
     pub schema_version: u32,
     pub request_id: String,
@@ -62,21 +86,103 @@ pub struct UpsertCampaign {
     pub requested_at_ms: Option<i64>,
 }
 
-/// A message on the orders topic (key = campaign id): one per decided
-/// request, plus the results of campaign commands.
+/// An admin change to a campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CampaignCommand {
+    pub schema_version: u32,
+    pub request_id: String,
+    pub campaign_id: String,
+    pub action: CampaignAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at_ms: Option<i64>,
+}
+
+/// What an admin does to a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum CampaignAction {
+    /// Add units mid-sale (to one prize of a lottery with prizes).
+    AddStock {
+        quantity: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prize_id: Option<String>,
+    },
+    /// Stop taking requests now.
+    Close,
+    /// Take a draft live (it opens at `starts_at`).
+    Publish,
+    /// Test only: every unit back, every user, order and decision forgotten.
+    Reset,
+}
+
+impl CampaignAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::AddStock { .. } => "add_stock",
+            Self::Close => "close",
+            Self::Publish => "publish",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// What a user does to one of their orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderAction {
+    Pay,
+    Cancel,
+}
+
+/// Pay or cancel an order; travels with the campaign's key so it is ordered
+/// with the campaign's purchases and expiries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCommand {
+    pub schema_version: u32,
+    pub request_id: String,
+    pub campaign_id: String,
+    pub order_id: String,
+    /// Who asks; only the order's owner may pay or cancel it.
+    pub user_id: String,
+    pub action: OrderAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at_ms: Option<i64>,
+}
+
+/// Expire the campaign's reservations whose payment deadline has passed
+/// (by Redis server time). Emitted by the processors' sweeper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExpireDue {
+    pub schema_version: u32,
+    pub request_id: String,
+    pub campaign_id: String,
+}
+
+/// A message on the orders topic (key = campaign id): one per decided
+/// request, one per order state change, and the results of commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OrderEvent {
+    /// Units reserved (a sale) or a priced prize won (a lottery); the order
+    /// awaits payment until `expires_at_ms`.
     Reserved(Reserved),
+    /// A free prize won: the order is born paid.
+    Confirmed(Reserved),
     Rejected(Rejected),
+    Paid(OrderChanged),
+    Cancelled(OrderChanged),
+    Expired(OrderChanged),
+    OrderCommandRejected(OrderCommandRejected),
     CampaignApplied(CampaignApplied),
 }
 
 impl OrderEvent {
     pub fn request_id(&self) -> &str {
         match self {
-            Self::Reserved(e) => &e.request_id,
+            Self::Reserved(e) | Self::Confirmed(e) => &e.request_id,
             Self::Rejected(e) => &e.request_id,
+            Self::Paid(e) | Self::Cancelled(e) | Self::Expired(e) => &e.request_id,
+            Self::OrderCommandRejected(e) => &e.request_id,
             Self::CampaignApplied(e) => &e.request_id,
         }
     }
@@ -84,15 +190,21 @@ impl OrderEvent {
     /// The decision this event announces, for purchase requests.
     pub fn decision(&self) -> Option<Decision> {
         match self {
-            Self::Reserved(e) => Some(Decision {
+            Self::Reserved(e) | Self::Confirmed(e) => Some(Decision {
                 request_id: e.request_id.clone(),
                 campaign_id: e.campaign_id.clone(),
                 user_id: e.user_id.clone(),
-                status: DecisionStatus::Reserved,
+                status: if e.prize_id.is_some() {
+                    DecisionStatus::Won
+                } else {
+                    DecisionStatus::Reserved
+                },
                 reason: None,
                 order_id: Some(e.order_id.clone()),
                 quantity: Some(e.quantity),
-                expires_at_ms: Some(e.expires_at_ms),
+                expires_at_ms: matches!(self, Self::Reserved(_)).then_some(e.expires_at_ms),
+                prize_id: e.prize_id.clone(),
+                prize_name: e.prize_id.as_ref().map(|_| e.item_name.clone()),
             }),
             Self::Rejected(e) => Some(Decision {
                 request_id: e.request_id.clone(),
@@ -103,14 +215,81 @@ impl OrderEvent {
                 order_id: None,
                 quantity: None,
                 expires_at_ms: None,
+                prize_id: None,
+                prize_name: None,
             }),
-            Self::CampaignApplied(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The order state this event puts an order in, with the order's data.
+    pub fn order_state(&self) -> Option<(OrderStatus, OrderRow<'_>)> {
+        let (status, row) = match self {
+            Self::Reserved(e) => (OrderStatus::Reserved, OrderRow::from_reserved(e)),
+            Self::Confirmed(e) => (OrderStatus::Paid, OrderRow::from_reserved(e)),
+            Self::Paid(e) => (OrderStatus::Paid, OrderRow::from_changed(e)),
+            Self::Cancelled(e) => (OrderStatus::Cancelled, OrderRow::from_changed(e)),
+            Self::Expired(e) => (OrderStatus::Expired, OrderRow::from_changed(e)),
+            _ => return None,
+        };
+        Some((status, row))
+    }
+}
+
+/// The data of one order, borrowed from whichever event carries it.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRow<'a> {
+    pub order_id: &'a str,
+    pub purchase_request_id: &'a str,
+    pub campaign_id: &'a str,
+    pub user_id: &'a str,
+    pub quantity: u32,
+    pub price: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub changed_at_ms: i64,
+    pub prize_id: Option<&'a str>,
+    pub item_name: &'a str,
+    pub award_type: AwardType,
+}
+
+impl<'a> OrderRow<'a> {
+    fn from_reserved(e: &'a Reserved) -> Self {
+        Self {
+            order_id: &e.order_id,
+            purchase_request_id: &e.request_id,
+            campaign_id: &e.campaign_id,
+            user_id: &e.user_id,
+            quantity: e.quantity,
+            price: e.price,
+            created_at_ms: e.decided_at_ms,
+            expires_at_ms: e.expires_at_ms,
+            changed_at_ms: e.decided_at_ms,
+            prize_id: e.prize_id.as_deref(),
+            item_name: &e.item_name,
+            award_type: e.award_type,
+        }
+    }
+
+    fn from_changed(e: &'a OrderChanged) -> Self {
+        Self {
+            order_id: &e.order_id,
+            purchase_request_id: &e.purchase_request_id,
+            campaign_id: &e.campaign_id,
+            user_id: &e.user_id,
+            quantity: e.quantity,
+            price: e.price,
+            created_at_ms: e.created_at_ms,
+            expires_at_ms: e.expires_at_ms,
+            changed_at_ms: e.decided_at_ms,
+            prize_id: e.prize_id.as_deref(),
+            item_name: &e.item_name,
+            award_type: e.award_type,
         }
     }
 }
 
-/// Units were reserved for a user; the order awaits payment until
-/// `expires_at_ms`.
+/// An order came to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Reserved {
     pub schema_version: u32,
@@ -125,32 +304,85 @@ pub struct Reserved {
     pub requested_at_ms: i64,
     /// Redis server time of the decision.
     pub decided_at_ms: i64,
-    /// Payment deadline (Redis server time).
+    /// Payment deadline (Redis server time); equals `decided_at_ms` for a
+    /// confirmed free prize.
     pub expires_at_ms: i64,
+    /// The prize won, for a lottery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
+    /// The item or prize name.
+    #[serde(default)]
+    pub item_name: String,
+    #[serde(default)]
+    pub award_type: AwardType,
 }
 
-/// A purchase was refused.
+/// A purchase or draw was refused (or lost).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Rejected {
     pub schema_version: u32,
     pub request_id: String,
     pub campaign_id: String,
     pub user_id: String,
-    /// `sold_out`, `duplicate`, `limit_exceeded` or `not_active`.
+    /// `sold_out`, `duplicate`, `limit_exceeded`, `not_active`,
+    /// `not_eligible` or `lost`.
     pub status: DecisionStatus,
-    /// Machine-readable detail, e.g. `not_started`, `ended`, `unknown_campaign`.
+    /// Machine-readable detail, e.g. `not_started`, `ended`, `closed`,
+    /// `unknown_campaign`, `max_attempts`.
     pub reason: String,
     pub requested_at_ms: i64,
     pub decided_at_ms: i64,
 }
 
-/// What applying an `upsert_campaign` command did.
+/// An order moved to `paid`, `cancelled` or `expired`. Carries the whole
+/// order so a store that missed its creation can still write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderChanged {
+    pub schema_version: u32,
+    /// The pay/cancel command, or the expiry sweep, that made the change.
+    pub request_id: String,
+    pub order_id: String,
+    pub purchase_request_id: String,
+    pub campaign_id: String,
+    pub user_id: String,
+    pub quantity: u32,
+    pub price: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub decided_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
+    #[serde(default)]
+    pub item_name: String,
+    #[serde(default)]
+    pub award_type: AwardType,
+}
+
+/// A pay or cancel was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCommandRejected {
+    pub schema_version: u32,
+    pub request_id: String,
+    pub campaign_id: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub action: OrderAction,
+    /// `not_found`, `not_owner`, `expired`, `already_paid`, `cancelled`.
+    pub reason: String,
+    pub decided_at_ms: i64,
+}
+
+/// What applying a campaign command did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CampaignOutcome {
     Created,
     Unchanged,
     Conflict,
+    /// An admin action took effect.
+    Applied,
+    /// An admin action was refused (see `reason`).
+    Refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -159,5 +391,31 @@ pub struct CampaignApplied {
     pub request_id: String,
     pub campaign_id: String,
     pub outcome: CampaignOutcome,
+    /// `create`, `add_stock`, `close`, `publish` or `reset`.
+    #[serde(default = "create_action")]
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub decided_at_ms: i64,
+}
+
+fn create_action() -> String {
+    "create".to_owned()
+}
+
+/// On the fulfilment topic (key = order id): an order is paid, or a free
+/// prize won; deliver it. Consumers de-duplicate on `order_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FulfilmentRequested {
+    pub schema_version: u32,
+    pub order_id: String,
+    pub campaign_id: String,
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
+    pub item_name: String,
+    pub award_type: AwardType,
+    pub quantity: u32,
+    pub price: u64,
+    pub paid_at_ms: i64,
 }

@@ -5,8 +5,8 @@
 use schemars::{schema_for, JsonSchema};
 
 use crate::{
-    CampaignSpec, CampaignView, Decision, OrderEvent, OrderView, PurchaseBody, RequestAccepted,
-    RequestEvent,
+    AddStockBody, CampaignSpec, CampaignView, Decision, FulfilmentRequested, OrderCommandResult,
+    OrderEvent, OrderView, PurchaseBody, RequestAccepted, RequestEvent, UserParticipation,
 };
 
 fn render<T: JsonSchema>() -> String {
@@ -28,6 +28,19 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("request_accepted.schema.json", render::<RequestAccepted>()),
         ("decision.schema.json", render::<Decision>()),
         ("order_view.schema.json", render::<OrderView>()),
+        (
+            "fulfilment_event.schema.json",
+            render::<FulfilmentRequested>(),
+        ),
+        (
+            "order_command_result.schema.json",
+            render::<OrderCommandResult>(),
+        ),
+        ("add_stock_body.schema.json", render::<AddStockBody>()),
+        (
+            "user_participation.schema.json",
+            render::<UserParticipation>(),
+        ),
     ]
 }
 

@@ -19,8 +19,16 @@ pub struct CampaignKeys {
     pub users: String,
     /// Hash: request id -> the encoded decision, for idempotent redelivery.
     pub requests: String,
-    /// Hash: order id -> encoded reservation.
+    /// Hash: order id -> encoded order (user, units, state, deadline, ...).
     pub orders: String,
+    /// Sorted set: reserved order ids by payment deadline (ms).
+    pub deadlines: String,
+    /// Hash: user id -> lottery draws made.
+    pub attempts: String,
+    /// Hash: prize id -> units left; `<id>:total` -> units ever added.
+    pub prizes: String,
+    /// Hash: decision status -> requests decided so.
+    pub stats: String,
 }
 
 impl KeyLayout {
@@ -38,6 +46,10 @@ impl KeyLayout {
             users: format!("{tag}:users"),
             requests: format!("{tag}:req"),
             orders: format!("{tag}:orders"),
+            deadlines: format!("{tag}:deadlines"),
+            attempts: format!("{tag}:attempts"),
+            prizes: format!("{tag}:prizes"),
+            stats: format!("{tag}:stats"),
         }
     }
 
@@ -47,6 +59,17 @@ impl KeyLayout {
     /// campaign's `requests` hash.
     pub fn decision(&self, request_id: &str) -> String {
         format!("{}:decision:{request_id}", self.prefix)
+    }
+
+    /// The campaign of an order, so a pay or cancel by order id can be keyed
+    /// by campaign. Written by the processor with the decision.
+    pub fn order_campaign(&self, order_id: &str) -> String {
+        format!("{}:order:{order_id}", self.prefix)
+    }
+
+    /// Set of every campaign id, for the expiry sweeper and system stats.
+    pub fn campaigns(&self) -> String {
+        format!("{}:campaigns", self.prefix)
     }
 }
 

@@ -15,6 +15,7 @@ mod campaign;
 mod events;
 mod ids;
 mod keys;
+mod rules;
 mod topics;
 mod validate;
 
@@ -23,14 +24,22 @@ pub mod runtime;
 
 pub mod json_schema;
 
-pub use api::{Decision, DecisionStatus, OrderView, PurchaseBody, RequestAccepted};
-pub use campaign::{CampaignKind, CampaignSpec, CampaignState, CampaignView, StockView};
-pub use events::{
-    CampaignApplied, CampaignOutcome, OrderEvent, PurchaseRequested, Rejected, RequestEvent,
-    Reserved, UpsertCampaign,
+pub use api::{
+    AddStockBody, Decision, DecisionStatus, OrderCommandResult, OrderStatus, OrderView,
+    PurchaseBody, RequestAccepted, UserParticipation,
 };
-pub use ids::{order_id_for, request_id_for_key};
+pub use campaign::{
+    AwardType, CampaignKind, CampaignSpec, CampaignState, CampaignView, DrawStrategy, PrizeSpec,
+    PrizeStock, StockView,
+};
+pub use events::{
+    CampaignAction, CampaignApplied, CampaignCommand, CampaignOutcome, ExpireDue,
+    FulfilmentRequested, OrderAction, OrderChanged, OrderCommand, OrderCommandRejected, OrderEvent,
+    OrderRow, PurchaseRequested, Rejected, RequestEvent, Reserved, UpsertCampaign,
+};
+pub use ids::{draw_point, order_id_for, request_id_for_key};
 pub use keys::{CampaignKeys, KeyLayout};
+pub use rules::{Attributes, CompareOp, Rule};
 pub use topics::Topics;
 pub use validate::{validate_campaign_id, validate_user_id, ValidationError, MAX_QUANTITY};
 

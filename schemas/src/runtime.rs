@@ -93,6 +93,7 @@ pub async fn ensure_topics(
         (&topics.orders, partitions),
         (&topics.requests_dlq, 1),
         (&topics.orders_dlq, 1),
+        (&topics.fulfilment, partitions),
     ];
     let new: Vec<NewTopic<'_>> = wanted
         .iter()

@@ -10,6 +10,8 @@ pub struct Topics {
     pub requests_dlq: String,
     /// Order events the sinks could not store.
     pub orders_dlq: String,
+    /// One event per paid order or free prize: deliver it (key = order id).
+    pub fulfilment: String,
 }
 
 impl Topics {
@@ -19,6 +21,7 @@ impl Topics {
             orders: format!("{prefix}.orders"),
             requests_dlq: format!("{prefix}.requests.dlq"),
             orders_dlq: format!("{prefix}.orders.dlq"),
+            fulfilment: format!("{prefix}.fulfilment"),
         }
     }
 

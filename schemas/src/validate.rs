@@ -1,4 +1,6 @@
-use crate::{CampaignSpec, PurchaseRequested, RequestEvent, SCHEMA_VERSION};
+use crate::{
+    CampaignAction, CampaignKind, CampaignSpec, PurchaseRequested, RequestEvent, SCHEMA_VERSION,
+};
 
 /// Why an event or body was refused; the message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +98,74 @@ impl CampaignSpec {
                 "must be between 1 and 86400",
             ));
         }
+        if let Some(rule) = &self.eligibility {
+            rule.check()
+                .map_err(|e| invalid("eligibility", format!("the rule {e}")))?;
+        }
+        if self.kind == CampaignKind::Sale {
+            let lottery_only = self.win_rate.is_some()
+                || !self.prizes.is_empty()
+                || self.strategy.is_some()
+                || self.max_attempts_per_user.is_some()
+                || self.seed.is_some();
+            if lottery_only {
+                return Err(invalid(
+                    "kind",
+                    "win_rate, prizes, strategy, max_attempts_per_user and seed need kind \"lottery\"",
+                ));
+            }
+            return Ok(());
+        }
+        if let Some(rate) = self.win_rate {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid("win_rate", "must be between 0 and 1"));
+            }
+        }
+        if matches!(self.max_attempts_per_user, Some(0)) {
+            return Err(invalid(
+                "max_attempts_per_user",
+                "must be at least 1 when set",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.prizes {
+            validate_campaign_id(&p.id)
+                .map_err(|e| invalid("prizes", format!("prize id: {}", e.problem)))?;
+            if p.id.ends_with(":total") || !seen.insert(p.id.as_str()) {
+                return Err(invalid(
+                    "prizes",
+                    format!("prize id {:?} is used twice", p.id),
+                ));
+            }
+            if p.name.is_empty() || p.name.len() > 200 {
+                return Err(invalid(
+                    "prizes",
+                    format!("prize {:?} needs a name of 1-200 characters", p.id),
+                ));
+            }
+            if !(0.0..=1.0).contains(&p.probability) || p.probability.is_nan() {
+                return Err(invalid(
+                    "prizes",
+                    format!("prize {:?}: probability must be between 0 and 1", p.id),
+                ));
+            }
+        }
+        if !self.prizes.is_empty() {
+            let sum: f64 = self.prizes.iter().map(|p| p.probability).sum();
+            if self.win_rate.is_none() && sum > 1.0 + 1e-9 {
+                return Err(invalid(
+                    "prizes",
+                    format!("probabilities add up to {sum}, more than 1 (or set win_rate to use them as weights)"),
+                ));
+            }
+            let units: u64 = self.prizes.iter().map(|p| p.stock).sum();
+            if units != self.stock {
+                return Err(invalid(
+                    "stock",
+                    format!("must equal the prizes' stock added up ({units})"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -105,29 +175,46 @@ impl PurchaseRequested {
         validate_request_id(&self.request_id)?;
         validate_campaign_id(&self.campaign_id)?;
         validate_user_id(&self.user_id)?;
-        validate_quantity(self.quantity)
+        validate_quantity(self.quantity)?;
+        if let Some(a) = &self.attributes {
+            if a.len() > 32 || serde_json::to_string(a).map_or(0, |s| s.len()) > 4096 {
+                return Err(invalid(
+                    "attributes",
+                    "at most 32 attributes and 4096 bytes of JSON",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 impl RequestEvent {
     /// Checks a request-topic event before a processor acts on it.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let version = match self {
-            Self::PurchaseRequested(p) => p.schema_version,
-            Self::UpsertCampaign(u) => u.schema_version,
-        };
-        if version == 0 {
+        if self.schema_version() == 0 {
             return Err(invalid(
                 "schema_version",
                 format!("must be set (this build writes {SCHEMA_VERSION})"),
             ));
         }
+        validate_request_id(self.request_id())?;
+        validate_campaign_id(self.campaign_id())?;
         match self {
             Self::PurchaseRequested(p) => p.validate(),
-            Self::UpsertCampaign(u) => {
-                validate_request_id(&u.request_id)?;
-                u.campaign.validate()
+            Self::UpsertCampaign(u) => u.campaign.validate(),
+            Self::CampaignCommand(c) => match &c.action {
+                CampaignAction::AddStock { quantity, .. }
+                    if *quantity == 0 || *quantity > 1_000_000_000 =>
+                {
+                    Err(invalid("quantity", "must be between 1 and 1000000000"))
+                }
+                _ => Ok(()),
+            },
+            Self::OrderCommand(o) => {
+                validate_user_id(&o.user_id)?;
+                validate_request_id(&o.order_id).map_err(|e| invalid("order_id", e.problem))
             }
+            Self::ExpireDue(_) => Ok(()),
         }
     }
 }
@@ -161,6 +248,7 @@ mod tests {
             user_id: "u".into(),
             quantity: 0,
             requested_at_ms: None,
+            attributes: None,
         };
         assert_eq!(p.validate().unwrap_err().field, "quantity");
         p.quantity = 1;

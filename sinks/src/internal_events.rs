@@ -43,6 +43,18 @@ static DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
+static FULFILMENTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seckill_fulfilment_events_total",
+        "Fulfilment events published for paid orders and free prizes"
+    )
+    .expect("metric registered once")
+});
+
+pub(crate) fn fulfilments(n: usize) {
+    FULFILMENTS.inc_by(n as u64);
+}
+
 pub(crate) fn applied(events: usize, seconds: f64) {
     EVENTS_STORED.inc_by(events as u64);
     WRITE_SECONDS.observe(seconds);

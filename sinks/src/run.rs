@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use seckill_schemas::runtime::{dead_letter, recv_batch, store_done};
-use seckill_schemas::OrderEvent;
+use seckill_schemas::{FulfilmentRequested, OrderEvent, OrderStatus, SCHEMA_VERSION};
 
 use crate::{internal_events, OrderStore, SinkConfig, StoreError};
 
@@ -86,6 +86,26 @@ struct Sink {
     cancel: CancellationToken,
 }
 
+/// The delivery an event asks for: a payment, or a free prize won.
+fn fulfilment(event: &OrderEvent) -> Option<FulfilmentRequested> {
+    let (status, r) = event.order_state()?;
+    if status != OrderStatus::Paid {
+        return None;
+    }
+    Some(FulfilmentRequested {
+        schema_version: SCHEMA_VERSION,
+        order_id: r.order_id.to_owned(),
+        campaign_id: r.campaign_id.to_owned(),
+        user_id: r.user_id.to_owned(),
+        prize_id: r.prize_id.map(str::to_owned),
+        item_name: r.item_name.to_owned(),
+        award_type: r.award_type,
+        quantity: r.quantity,
+        price: r.price,
+        paid_at_ms: r.changed_at_ms,
+    })
+}
+
 fn parse(message: &OwnedMessage) -> Result<OrderEvent, String> {
     let payload = message.payload().ok_or("empty payload")?;
     serde_json::from_slice(payload).map_err(|e| format!("invalid JSON order event: {e}"))
@@ -111,7 +131,7 @@ impl Sink {
             match self.store.apply(&events).await {
                 Ok(()) => {
                     internal_events::applied(events.len(), started.elapsed().as_secs_f64());
-                    return true;
+                    return self.fulfil(&events).await;
                 }
                 Err(e) if e.is_transient() => internal_events::write_failed("transient", &e),
                 Err(e) => {
@@ -128,13 +148,54 @@ impl Sink {
         }
     }
 
+    /// Publishes one fulfilment event per paid order or free prize in
+    /// `events`, once the store holds them. A replay publishes again;
+    /// consumers de-duplicate on the order id (the key).
+    async fn fulfil(&self, events: &[OrderEvent]) -> bool {
+        let wanted: Vec<(String, Vec<u8>)> = events
+            .iter()
+            .filter_map(fulfilment)
+            .map(|f| {
+                (
+                    f.order_id.clone(),
+                    serde_json::to_vec(&f).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(50);
+        for (order_id, payload) in &wanted {
+            loop {
+                let record = FutureRecord::to(&self.config.topics.fulfilment)
+                    .key(order_id.as_str())
+                    .payload(payload.as_slice());
+                match self.producer.send(record, Duration::from_secs(5)).await {
+                    Ok(_) => break,
+                    Err((e, _)) => {
+                        tracing::warn!(error = %e, "publishing a fulfilment event failed; retrying")
+                    }
+                }
+                if pause(&self.cancel, backoff).await {
+                    return false;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        internal_events::fulfilments(wanted.len());
+        true
+    }
+
     async fn apply_one_by_one(&self, batch: &[OwnedMessage]) -> bool {
         for m in batch {
             let Ok(event) = parse(m) else { continue };
             let mut backoff = Duration::from_millis(50);
             loop {
                 match self.store.apply(std::slice::from_ref(&event)).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if !self.fulfil(std::slice::from_ref(&event)).await {
+                            return false;
+                        }
+                        break;
+                    }
                     Err(e @ StoreError::Unavailable(_)) => {
                         internal_events::write_failed("transient", &e)
                     }

@@ -6,9 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use std::collections::HashMap;
+
+use serde_json::json;
+
 use seckill_schemas::{
-    now_ms, validate_campaign_id, CampaignOutcome, CampaignSpec, RequestEvent, UpsertCampaign,
-    SCHEMA_VERSION,
+    now_ms, validate_campaign_id, AddStockBody, CampaignAction, CampaignApplied, CampaignCommand,
+    CampaignOutcome, CampaignSpec, RequestEvent, UpsertCampaign, UserParticipation, SCHEMA_VERSION,
 };
 
 use super::queue::{enqueue, wait_for};
@@ -113,8 +117,8 @@ async fn create_inner(
         }
     };
     let pick = |w| match w {
-        Wakeup::Campaign(o) => Some(o),
-        Wakeup::Decision(_) => None,
+        Wakeup::Campaign(a) => Some(a.outcome),
+        _ => None,
     };
     match wait_for(app, &request_id, rx, APPLY_WAIT, pick, check).await {
         Some(CampaignOutcome::Created) => {
@@ -122,6 +126,9 @@ async fn create_inner(
         }
         Some(CampaignOutcome::Unchanged) => Ok(view_response(app, &spec.id, StatusCode::OK).await),
         Some(CampaignOutcome::Conflict) => Err(conflict(&spec.id)),
+        Some(CampaignOutcome::Applied | CampaignOutcome::Refused) => Err(Problem::conflict(
+            "the request id was answered for another command; send the create again",
+        )),
         None => Err(Problem::unavailable(
             "the campaign was queued but not applied within 10 s (are the processors running?); \
              sending the same definition again is safe",
@@ -143,4 +150,204 @@ pub(super) async fn get(State(app): State<AppState>, Path(id): Path<String>) -> 
         return Problem::bad_request(e.to_string()).into_response();
     }
     view_response(&app, &id, StatusCode::OK).await
+}
+
+/// Queues an admin action for a campaign and waits for the processor to
+/// apply it; answers with the campaign as it is then.
+async fn command(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+    action: CampaignAction,
+) -> Result<Response, Problem> {
+    check_admin(app, headers)?;
+    validate_campaign_id(id).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let mut con = app.redis.clone();
+    if read_definition(&mut con, &app.keys, id)
+        .await
+        .map_err(redis_down)?
+        .is_none()
+    {
+        return Err(Problem::not_found(format!(
+            "campaign {id:?} does not exist"
+        )));
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let rx = app.waiters.register(&request_id);
+    let event = RequestEvent::CampaignCommand(CampaignCommand {
+        schema_version: SCHEMA_VERSION,
+        request_id: request_id.clone(),
+        campaign_id: id.to_owned(),
+        action,
+        requested_at_ms: Some(now_ms()),
+    });
+    if let Err(p) = enqueue(app, &event).await {
+        app.waiters.forget(&request_id);
+        return Err(p);
+    }
+    let check = || async { read_result::<CampaignApplied>(app, &request_id).await };
+    let pick = |w| match w {
+        Wakeup::Campaign(a) => Some(a),
+        _ => None,
+    };
+    match wait_for(app, &request_id, rx, APPLY_WAIT, pick, check).await {
+        Some(a) if a.outcome == CampaignOutcome::Applied => {
+            Ok(view_response(app, id, StatusCode::OK).await)
+        }
+        Some(a) => Err(Problem::conflict(format!(
+            "{} refused: {}",
+            a.action,
+            a.reason.as_deref().unwrap_or("refused")
+        ))),
+        None => Err(Problem::unavailable(
+            "the command was queued but not applied within 10 s (are the processors running?)",
+        )
+        .request_id(request_id)
+        .retry_after(2)),
+    }
+}
+
+/// `POST /v1/campaigns/{id}/stock` {quantity, prize_id?}: add units mid-sale.
+pub(super) async fn add_stock(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = async {
+        let b: AddStockBody = body::parse(body, app.config.max_body_bytes)?;
+        if b.quantity == 0 || b.quantity > 1_000_000_000 {
+            return Err(Problem::bad_request(
+                "quantity must be between 1 and 1000000000",
+            ));
+        }
+        command(
+            &app,
+            &headers,
+            &id,
+            CampaignAction::AddStock {
+                quantity: b.quantity,
+                prize_id: b.prize_id,
+            },
+        )
+        .await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/campaigns/{id}/close`: stop taking requests now.
+pub(super) async fn close(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    command(&app, &headers, &id, CampaignAction::Close)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/campaigns/{id}/publish`: take a draft live.
+pub(super) async fn publish(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    command(&app, &headers, &id, CampaignAction::Publish)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/campaigns/{id}/reset` (tests only; off unless enabled): every
+/// unit back, every user, order and decision of the campaign forgotten.
+pub(super) async fn reset(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !app.config.enable_reset {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "reset is for test environments and is off; start ingest with SECKILL_ENABLE_RESET=true to allow it",
+        )
+        .into_response();
+    }
+    command(&app, &headers, &id, CampaignAction::Reset)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v1/campaigns/{id}/users/{user_id}`: has this user bought?
+pub(super) async fn user(
+    State(app): State<AppState>,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Response {
+    let k = app.keys.campaign(&id);
+    let mut con = app.redis.clone();
+    let r: Result<(Option<String>, Option<u64>, Option<u64>), _> = redis::pipe()
+        .hget(&k.meta, "def")
+        .hget(&k.users, &user_id)
+        .hget(&k.attempts, &user_id)
+        .query_async(&mut con)
+        .await;
+    match r {
+        Ok((None, _, _)) => {
+            Problem::not_found(format!("campaign {id:?} does not exist")).into_response()
+        }
+        Ok((Some(_), units, attempts)) => Json(UserParticipation {
+            campaign_id: id,
+            user_id,
+            bought: units.unwrap_or(0) > 0,
+            units: units.unwrap_or(0),
+            attempts: attempts.unwrap_or(0),
+        })
+        .into_response(),
+        Err(e) => redis_down(e).into_response(),
+    }
+}
+
+/// `GET /v1/campaigns/{id}/stats`: stock, and requests decided by outcome.
+pub(super) async fn stats(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    let mut con = app.redis.clone();
+    let view = match read_view(&mut con, &app.keys, &id).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Problem::not_found(format!("campaign {id:?} does not exist")).into_response()
+        }
+        Err(e) => return redis_down(e).into_response(),
+    };
+    let k = app.keys.campaign(&id);
+    let r: Result<(HashMap<String, u64>, u64, u64), _> = redis::pipe()
+        .hgetall(&k.stats)
+        .hlen(&k.users)
+        .zcard(&k.deadlines)
+        .query_async(&mut con)
+        .await;
+    match r {
+        Ok((decisions, buyers, awaiting_payment)) => Json(json!({
+            "campaign_id": id,
+            "state": view.state,
+            "stock": view.stock,
+            "prizes": view.prizes,
+            "decisions": decisions,
+            "users_holding": buyers,
+            "orders_awaiting_payment": awaiting_payment,
+        }))
+        .into_response(),
+        Err(e) => redis_down(e).into_response(),
+    }
+}
+
+/// The recorded result of a command, by request id.
+pub(crate) async fn read_result<T: serde::de::DeserializeOwned>(
+    app: &App,
+    request_id: &str,
+) -> Option<T> {
+    let mut con = app.redis.clone();
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(app.keys.decision(request_id))
+        .query_async(&mut con)
+        .await
+        .ok()?;
+    raw.and_then(|r| serde_json::from_str(&r).ok())
 }

@@ -61,3 +61,31 @@ pub(super) async fn metrics() -> Response {
     )
         .into_response()
 }
+
+/// `GET /v1/stats`: the whole system at a glance.
+pub(super) async fn system_stats(State(app): State<AppState>) -> Response {
+    let mut con = app.redis.clone();
+    let campaigns: Result<u64, _> = redis::cmd("SCARD")
+        .arg(app.keys.campaigns())
+        .query_async(&mut con)
+        .await;
+    let counters: serde_json::Map<String, serde_json::Value> = prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == "seckill_ingest_purchases_total")
+        .flat_map(|f| f.get_metric().iter())
+        .filter_map(|m| {
+            let outcome = m.get_label().first()?.value().to_owned();
+            Some((outcome, json!(m.get_counter().get_value() as u64)))
+        })
+        .collect();
+    match campaigns {
+        Ok(n) => Json(json!({
+            "campaigns": n,
+            "uptime_secs": app.started.elapsed().as_secs(),
+            "inflight": app.config.max_inflight - app.inflight.available_permits(),
+            "purchases": counters,
+        }))
+        .into_response(),
+        Err(e) => Problem::unavailable(format!("Redis unavailable: {e}")).into_response(),
+    }
+}

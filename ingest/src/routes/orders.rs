@@ -1,13 +1,24 @@
+use std::time::Duration;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use seckill_schemas::{
+    now_ms, request_id_for_key, DecisionStatus, OrderAction, OrderCommand, OrderCommandResult,
+    RequestAccepted, RequestEvent, SCHEMA_VERSION,
+};
 use seckill_sinks::OrderFilter;
 
+use super::campaigns::read_result;
+use super::purchases::{idempotency_key, user_of};
+use super::queue::{enqueue, wait_for};
+use crate::listener::Wakeup;
 use crate::problem::Problem;
-use crate::state::AppState;
+use crate::state::{App, AppState};
 
 const MAX_LIMIT: usize = 1000;
 
@@ -56,5 +67,166 @@ pub(super) async fn list(
         Err(e) => Problem::unavailable(e.to_string())
             .retry_after(1)
             .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+/// `POST /v1/orders/{id}/pay[?wait_ms=N]`.
+pub(super) async fn pay(
+    State(app): State<AppState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Response {
+    order_command(&app, &order_id, &headers, query, OrderAction::Pay)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/orders/{id}/cancel[?wait_ms=N]`.
+pub(super) async fn cancel(
+    State(app): State<AppState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Response {
+    order_command(&app, &order_id, &headers, query, OrderAction::Cancel)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The campaign an order belongs to: recorded by the processor with the
+/// decision, or else read from the store.
+async fn campaign_of(app: &App, order_id: &str) -> Result<Option<String>, Problem> {
+    let mut con = app.redis.clone();
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(app.keys.order_campaign(order_id))
+        .query_async(&mut con)
+        .await
+        .map_err(|e| Problem::unavailable(format!("Redis unavailable: {e}")).retry_after(1))?;
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    match app.store.get_order(order_id).await {
+        Ok(o) => Ok(o.map(|o| o.campaign_id)),
+        Err(e) => Err(Problem::unavailable(e.to_string()).retry_after(1)),
+    }
+}
+
+fn refused(result: &OrderCommandResult) -> Problem {
+    let reason = result.reason.as_deref().unwrap_or("refused");
+    let detail = match reason {
+        "not_found" => "no such order".to_owned(),
+        "not_owner" => "the order belongs to another user".to_owned(),
+        "expired" => "the payment deadline has passed; the units went back on sale".to_owned(),
+        "already_paid" => "the order is paid already".to_owned(),
+        "cancelled" => "the order was cancelled".to_owned(),
+        other => format!("refused: {other}"),
+    };
+    let status = match reason {
+        "not_found" => StatusCode::NOT_FOUND,
+        "not_owner" => StatusCode::FORBIDDEN,
+        _ => StatusCode::CONFLICT,
+    };
+    Problem::new(
+        status,
+        status.canonical_reason().unwrap_or("Conflict"),
+        detail,
+    )
+    .request_id(result.request_id.clone())
+    .reason(reason.to_owned())
+}
+
+async fn order_command(
+    app: &App,
+    order_id: &str,
+    headers: &HeaderMap,
+    query: Result<Query<WaitQuery>, QueryRejection>,
+    action: OrderAction,
+) -> Result<Response, Problem> {
+    let Query(q) = query.map_err(|e| Problem::bad_request(format!("bad query string: {e}")))?;
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > app.config.max_wait_ms {
+        return Err(Problem::bad_request(format!(
+            "wait_ms must be at most {}",
+            app.config.max_wait_ms
+        )));
+    }
+    if order_id.is_empty() || order_id.len() > 128 {
+        return Err(Problem::bad_request("order_id must be 1-128 characters"));
+    }
+    let user = user_of(headers)?;
+    let Some(campaign_id) = campaign_of(app, order_id).await? else {
+        return Err(Problem::not_found(format!("no order {order_id:?}")));
+    };
+    let verb = match action {
+        OrderAction::Pay => "pay",
+        OrderAction::Cancel => "cancel",
+    };
+    // Paying (or cancelling) one order twice is one intent, so without a key
+    // the request id is derived from the order: a retry is safe either way.
+    let key = idempotency_key(headers)?.unwrap_or_else(|| format!("{verb}:{order_id}"));
+    let request_id = request_id_for_key(&user, &format!("{verb}:{order_id}:{key}"));
+    if let Some(r) = read_result::<OrderCommandResult>(app, &request_id).await {
+        return Ok(answer(r));
+    }
+    let rx = (wait_ms > 0).then(|| app.waiters.register(&request_id));
+    let event = RequestEvent::OrderCommand(OrderCommand {
+        schema_version: SCHEMA_VERSION,
+        request_id: request_id.clone(),
+        campaign_id,
+        order_id: order_id.to_owned(),
+        user_id: user,
+        action,
+        requested_at_ms: Some(now_ms()),
+    });
+    if let Err(p) = enqueue(app, &event).await {
+        app.waiters.forget(&request_id);
+        return Err(p);
+    }
+    let accepted = || {
+        (
+            StatusCode::ACCEPTED,
+            Json(RequestAccepted {
+                request_id: request_id.clone(),
+                status: DecisionStatus::Pending,
+            }),
+        )
+            .into_response()
+    };
+    let Some(rx) = rx else {
+        return Ok(accepted());
+    };
+    let pick = |w| match w {
+        Wakeup::Order(r) => Some(r),
+        _ => None,
+    };
+    let check = || async { read_result::<OrderCommandResult>(app, &request_id).await };
+    Ok(
+        match wait_for(
+            app,
+            &request_id,
+            rx,
+            Duration::from_millis(wait_ms),
+            pick,
+            check,
+        )
+        .await
+        {
+            Some(r) => answer(r),
+            None => accepted(),
+        },
+    )
+}
+
+fn answer(r: OrderCommandResult) -> Response {
+    if r.accepted {
+        Json(r).into_response()
+    } else {
+        refused(&r).into_response()
     }
 }

@@ -9,8 +9,9 @@ use axum::Json;
 use serde::Deserialize;
 
 use seckill_schemas::{
-    now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Decision, DecisionStatus,
-    PurchaseBody, PurchaseRequested, RequestAccepted, RequestEvent, MAX_QUANTITY, SCHEMA_VERSION,
+    now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Attributes, CampaignKind,
+    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RequestAccepted,
+    RequestEvent, MAX_QUANTITY, SCHEMA_VERSION,
 };
 
 use super::queue::{enqueue, wait_for};
@@ -48,7 +49,7 @@ pub(super) async fn create(
     }
 }
 
-fn user_of(headers: &HeaderMap) -> Result<String, Problem> {
+pub(super) fn user_of(headers: &HeaderMap) -> Result<String, Problem> {
     let user = headers
         .get("x-user-id")
         .ok_or_else(|| {
@@ -61,7 +62,7 @@ fn user_of(headers: &HeaderMap) -> Result<String, Problem> {
     Ok(user.to_owned())
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -80,8 +81,15 @@ fn too_many(detail: &str) -> Problem {
 }
 
 /// The answer the fast path can give from the cached snapshot, if any.
-fn fast_answer(snap: &Snapshot, quantity: u32) -> Option<(DecisionStatus, &'static str)> {
+fn fast_answer(
+    snap: &Snapshot,
+    quantity: u32,
+    attributes: Option<&Attributes>,
+) -> Option<(DecisionStatus, &'static str)> {
     let now = now_ms();
+    if snap.draft && !snap.closed {
+        return Some((DecisionStatus::NotActive, "draft"));
+    }
     if snap.closed {
         return Some((DecisionStatus::NotActive, "closed"));
     }
@@ -91,10 +99,15 @@ fn fast_answer(snap: &Snapshot, quantity: u32) -> Option<(DecisionStatus, &'stat
     if now >= snap.ends_ms + WINDOW_GRACE_MS {
         return Some((DecisionStatus::NotActive, "ended"));
     }
+    // The same rule the processor applies; the definition never changes.
+    if let Some(rule) = &snap.spec.eligibility {
+        if !attributes.is_some_and(|a| rule.eval(a)) {
+            return Some((DecisionStatus::NotEligible, "not_eligible"));
+        }
+    }
     // Only a clear sell-out is answered here: the state is at most one cache
-    // period old, and stock never grows without a command behind it.
-    if state_at(snap.starts_ms, snap.ends_ms, snap.closed, now)
-        != seckill_schemas::CampaignState::Closed
+    // period old.
+    if state_at(snap.starts_ms, snap.ends_ms, snap.closed, snap.draft, now) == CampaignState::Active
         && snap.available < u64::from(quantity)
     {
         return Some((DecisionStatus::SoldOut, "sold_out"));
@@ -172,7 +185,12 @@ async fn purchase(
             )))
         }
         Ok(Some(snap)) => {
-            if let Some((status, reason)) = fast_answer(&snap, quantity) {
+            if snap.spec.kind == CampaignKind::Lottery && quantity != 1 {
+                return Err(Problem::bad_request(
+                    "a lottery draw is for one prize: send quantity 1 or none",
+                ));
+            }
+            if let Some((status, reason)) = fast_answer(&snap, quantity, body.attributes.as_ref()) {
                 internal_events::purchase(if status == DecisionStatus::SoldOut {
                     "fast_sold_out"
                 } else {
@@ -187,6 +205,8 @@ async fn purchase(
                     order_id: None,
                     quantity: None,
                     expires_at_ms: None,
+                    prize_id: None,
+                    prize_name: None,
                 })
                 .into_response());
             }
@@ -204,6 +224,7 @@ async fn purchase(
         user_id: user,
         quantity,
         requested_at_ms: Some(now_ms()),
+        attributes: body.attributes,
     });
     if let Err(p) = enqueue(app, &event).await {
         app.waiters.forget(&request_id);
@@ -225,7 +246,7 @@ async fn purchase(
     };
     let pick = |w| match w {
         Wakeup::Decision(d) => Some(d),
-        Wakeup::Campaign(_) => None,
+        _ => None,
     };
     let check = || async { read_decision(app, &request_id).await.ok().flatten() };
     let waited = wait_for(

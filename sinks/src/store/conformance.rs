@@ -2,7 +2,9 @@
 //! always; another backend runs the same functions when its server is
 //! configured.
 
-use seckill_schemas::{order_id_for, DecisionStatus, OrderEvent, Rejected, Reserved};
+use seckill_schemas::{
+    order_id_for, AwardType, DecisionStatus, OrderChanged, OrderEvent, Rejected, Reserved,
+};
 
 use super::{OrderFilter, OrderStore};
 
@@ -18,7 +20,58 @@ fn reserved(request: &str, campaign: &str, user: &str) -> OrderEvent {
         requested_at_ms: 1,
         decided_at_ms: 2,
         expires_at_ms: 300_002,
+        prize_id: None,
+        item_name: "phone".into(),
+        award_type: AwardType::Physical,
     })
+}
+
+fn changed(request: &str) -> OrderChanged {
+    OrderChanged {
+        schema_version: 1,
+        request_id: format!("cmd-{request}"),
+        order_id: order_id_for(request),
+        purchase_request_id: request.into(),
+        campaign_id: "c4".into(),
+        user_id: "u4".into(),
+        quantity: 1,
+        price: 500,
+        created_at_ms: 2,
+        expires_at_ms: 300_002,
+        decided_at_ms: 10,
+        prize_id: None,
+        item_name: "phone".into(),
+        award_type: AwardType::Physical,
+    }
+}
+
+pub(super) async fn status_only_moves_forward(store: &dyn OrderStore) {
+    let id = order_id_for("m1");
+    store.apply(&[reserved("m1", "c4", "u4")]).await.unwrap();
+    store
+        .apply(&[OrderEvent::Paid(changed("m1"))])
+        .await
+        .unwrap();
+    // A replayed reservation and a competing terminal state change nothing.
+    store
+        .apply(&[
+            reserved("m1", "c4", "u4"),
+            OrderEvent::Cancelled(changed("m1")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(store.get_order(&id).await.unwrap().unwrap().status, "paid");
+
+    // A state change whose creation the store never saw still lands whole.
+    store
+        .apply(&[OrderEvent::Expired(changed("m2"))])
+        .await
+        .unwrap();
+    let o = store.get_order(&order_id_for("m2")).await.unwrap().unwrap();
+    assert_eq!(
+        (o.status.as_str(), o.request_id.as_str()),
+        ("expired", "m2")
+    );
 }
 
 pub(super) async fn applying_twice_leaves_one_row(store: &dyn OrderStore) {
@@ -108,6 +161,7 @@ async fn run_all(store: &dyn OrderStore) {
     applying_twice_leaves_one_row(store).await;
     rejections_store_nothing(store).await;
     filters_and_pages(store).await;
+    status_only_moves_forward(store).await;
 }
 
 #[tokio::test]

@@ -47,7 +47,9 @@ pub struct OrderFilter {
 pub trait OrderStore: Send + Sync + 'static {
     /// Applies order events in one unit of work: a new order is inserted, a
     /// known one only moves forward in status (`reserved` -> `paid` |
-    /// `cancelled` | `expired`); events that are not about orders are skipped.
+    /// `cancelled` | `expired`), so a late or replayed event never takes an
+    /// order back; an applied campaign reset removes the campaign's orders;
+    /// other events are skipped.
     async fn apply(&self, events: &[OrderEvent]) -> Result<(), StoreError>;
 
     async fn get_order(&self, order_id: &str) -> Result<Option<OrderView>, StoreError>;
@@ -68,15 +70,6 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn OrderStore>, StoreError> {
         return Ok(Arc::new(SqliteStore::open(path).await?));
     }
     Err(StoreError::Url(url.to_owned()))
-}
-
-/// Order of statuses: a status may only be replaced by a higher one.
-pub(crate) fn status_rank(status: &str) -> i64 {
-    match status {
-        "reserved" => 1,
-        "paid" | "cancelled" | "expired" => 2,
-        _ => 0,
-    }
 }
 
 #[cfg(test)]

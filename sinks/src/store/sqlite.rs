@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use seckill_schemas::{OrderEvent, OrderView};
+use seckill_schemas::{AwardType, CampaignOutcome, OrderEvent, OrderView};
 
-use super::{status_rank, OrderFilter, OrderStore, StoreError};
+use super::{OrderFilter, OrderStore, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
@@ -23,7 +23,10 @@ CREATE TABLE IF NOT EXISTS orders (
     status_rank   INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
     updated_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER NOT NULL
+    expires_at_ms INTEGER NOT NULL,
+    prize_id      TEXT,
+    item_name     TEXT NOT NULL DEFAULT '',
+    award_type    TEXT NOT NULL DEFAULT 'physical'
 );
 CREATE INDEX IF NOT EXISTS orders_campaign_user ON orders (campaign_id, user_id);
 CREATE INDEX IF NOT EXISTS orders_user ON orders (user_id);
@@ -33,8 +36,9 @@ CREATE INDEX IF NOT EXISTS orders_user ON orders (user_id);
 // takes an order back.
 const UPSERT: &str = "
 INSERT INTO orders (order_id, request_id, campaign_id, user_id, quantity, price,
-                    status, status_rank, created_at_ms, updated_at_ms, expires_at_ms)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+                    status, status_rank, created_at_ms, updated_at_ms, expires_at_ms,
+                    prize_id, item_name, award_type)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 ON CONFLICT (order_id) DO UPDATE SET
     status = excluded.status,
     status_rank = excluded.status_rank,
@@ -43,7 +47,14 @@ WHERE excluded.status_rank > orders.status_rank
 ";
 
 const COLUMNS: &str = "order_id, request_id, campaign_id, user_id, quantity, price, status, \
-                       created_at_ms, updated_at_ms, expires_at_ms";
+                       created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type";
+
+/// Columns added after the first release, for files created before them.
+const ADDED_COLUMNS: [(&str, &str); 3] = [
+    ("prize_id", "TEXT"),
+    ("item_name", "TEXT NOT NULL DEFAULT ''"),
+    ("award_type", "TEXT NOT NULL DEFAULT 'physical'"),
+];
 
 /// SQLite-backed [`OrderStore`].
 pub struct SqliteStore {
@@ -75,6 +86,32 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM pragma_table_info('orders')")
+        .map_err(unavailable)?;
+    let have: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(unavailable)?
+        .collect::<Result<_, _>>()
+        .map_err(unavailable)?;
+    for (name, kind) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE orders ADD COLUMN {name} {kind}"))
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn award_name(a: AwardType) -> &'static str {
+    match a {
+        AwardType::Virtual => "virtual",
+        AwardType::Coupon => "coupon",
+        AwardType::Physical => "physical",
+    }
+}
+
 fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderView> {
     Ok(OrderView {
         order_id: row.get(0)?,
@@ -87,6 +124,10 @@ fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderView> {
         created_at_ms: row.get(7)?,
         updated_at_ms: row.get(8)?,
         expires_at_ms: row.get(9)?,
+        prize_id: row.get(10)?,
+        item_name: row.get(11)?,
+        award_type: serde_json::from_value(serde_json::Value::String(row.get(12)?))
+            .unwrap_or_default(),
     })
 }
 
@@ -102,6 +143,7 @@ impl SqliteStore {
             }
             let writer = connect(&path)?;
             writer.execute_batch(SCHEMA).map_err(unavailable)?;
+            migrate(&writer)?;
             let reader = connect(&path)?;
             Ok(Self {
                 writer: Arc::new(Mutex::new(writer)),
@@ -134,34 +176,43 @@ impl SqliteStore {
 #[async_trait]
 impl OrderStore for SqliteStore {
     async fn apply(&self, events: &[OrderEvent]) -> Result<(), StoreError> {
-        let rows: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                OrderEvent::Reserved(r) => Some(r.clone()),
-                _ => None,
-            })
-            .collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
+        let events = events.to_vec();
         Self::with(&self.writer, move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;
             {
-                let mut stmt = tx.prepare_cached(UPSERT).map_err(unavailable)?;
-                for r in &rows {
-                    stmt.execute(params![
-                        r.order_id,
-                        r.request_id,
-                        r.campaign_id,
-                        r.user_id,
-                        r.quantity,
-                        r.price as i64,
-                        "reserved",
-                        status_rank("reserved"),
-                        r.decided_at_ms,
-                        r.expires_at_ms,
-                    ])
-                    .map_err(unavailable)?;
+                let mut upsert = tx.prepare_cached(UPSERT).map_err(unavailable)?;
+                for e in &events {
+                    if let OrderEvent::CampaignApplied(a) = e {
+                        if a.action == "reset" && a.outcome == CampaignOutcome::Applied {
+                            tx.execute(
+                                "DELETE FROM orders WHERE campaign_id = ?1",
+                                params![a.campaign_id],
+                            )
+                            .map_err(unavailable)?;
+                        }
+                        continue;
+                    }
+                    let Some((status, r)) = e.order_state() else {
+                        continue;
+                    };
+                    upsert
+                        .execute(params![
+                            r.order_id,
+                            r.purchase_request_id,
+                            r.campaign_id,
+                            r.user_id,
+                            r.quantity,
+                            r.price as i64,
+                            status.as_str(),
+                            status.rank(),
+                            r.created_at_ms,
+                            r.changed_at_ms,
+                            r.expires_at_ms,
+                            r.prize_id,
+                            r.item_name,
+                            award_name(r.award_type),
+                        ])
+                        .map_err(unavailable)?;
                 }
             }
             tx.commit().map_err(unavailable)
