@@ -21,6 +21,15 @@ pub(crate) struct KafkaArgs {
     /// Partitions of the requests and orders topics when they are created.
     #[arg(long, env = "SECKILL_PARTITIONS", default_value_t = 4)]
     pub(crate) partitions: i32,
+    /// Delay of each of the sinks' retry tiers (`<prefix>.orders.retry.N`),
+    /// comma-separated; a failure passes through them, then to the DLQ.
+    #[arg(
+        long,
+        env = "SECKILL_RETRY_DELAYS_MS",
+        value_delimiter = ',',
+        default_value = "10000,30000,60000"
+    )]
+    pub(crate) retry_delays_ms: Vec<u64>,
 }
 
 impl KafkaArgs {
@@ -55,6 +64,10 @@ pub(crate) struct StoreArgs {
     /// Order store URL: sqlite://PATH.
     #[arg(long, env = "SECKILL_STORE", default_value = "sqlite://data/orders.db")]
     pub(crate) store: String,
+    /// Fault drills: while this file exists every store write fails (as an
+    /// outage, or refused if the file says `permanent`).
+    #[arg(long, env = "SECKILL_STORE_FAULT_FILE")]
+    pub(crate) store_fault_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -116,4 +129,9 @@ pub(crate) struct IngestArgs {
     /// Allow `POST /v1/campaigns/{id}/reset`: for test environments only.
     #[arg(long, env = "SECKILL_ENABLE_RESET", default_value_t = false)]
     pub(crate) enable_reset: bool,
+}
+
+/// Consumer group `seckill dlq replay` keeps its position in.
+pub(crate) fn replay_group_of(dlq_topic: &str) -> String {
+    format!("{dlq_topic}.replay")
 }

@@ -3,7 +3,10 @@
 
 mod args;
 mod bench;
+mod dlq;
+mod reconcile;
 mod roles;
+mod topic;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -44,6 +47,11 @@ enum Command {
     Topics(roles::TopicsCmd),
     /// Load a running stack and print throughput, latency and invariants.
     Bench(bench::BenchCmd),
+    /// Inspect, replay, purge or export a dead-letter topic.
+    Dlq(dlq::DlqCmd),
+    /// Compare a campaign's Redis counters with the store and the order log;
+    /// `--repair` rebuilds them.
+    Reconcile(reconcile::ReconcileCmd),
 }
 
 fn init_logging(filter: &str, format: &str) -> anyhow::Result<()> {
@@ -71,5 +79,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Sink(c) => c.run().await,
         Command::Topics(c) => c.run().await,
         Command::Bench(c) => c.run().await,
+        Command::Dlq(c) => c.run().await,
+        Command::Reconcile(c) => c.run().await,
     }
 }

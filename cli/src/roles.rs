@@ -14,7 +14,7 @@ use seckill_ingest::IngestConfig;
 use seckill_processors::ProcessorConfig;
 use seckill_schemas::runtime::{ensure_topics, shutdown_signal};
 use seckill_schemas::Topics;
-use seckill_sinks::{open_store, OrderStore, SinkConfig};
+use seckill_sinks::{open_store, FaultInjection, OrderStore, SinkConfig};
 
 use crate::args::{IngestArgs, KafkaArgs, ProcessArgs, RedisArgs, SinkArgs, StoreArgs};
 
@@ -111,6 +111,7 @@ fn sink_config(k: &KafkaArgs, s: &SinkArgs) -> SinkConfig {
         group_id: Topics::sinks_group(&k.topic_prefix),
         batch_max: s.sink_batch_max.max(1),
         batch_max_ms: s.sink_batch_max_ms,
+        retry_delays_ms: k.retry_delays_ms.clone(),
     }
 }
 
@@ -134,20 +135,32 @@ fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
 }
 
 async fn create_topics(k: &KafkaArgs) -> anyhow::Result<()> {
-    ensure_topics(&k.settings(), &k.topics(), k.partitions)
-        .await
-        .with_context(|| {
-            format!(
-                "creating topics {}.* on {} (is the broker running?)",
-                k.topic_prefix, k.kafka_brokers
-            )
-        })
+    ensure_topics(
+        &k.settings(),
+        &k.topics(),
+        k.partitions,
+        k.retry_delays_ms.len(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "creating topics {}.* on {} (is the broker running?)",
+            k.topic_prefix, k.kafka_brokers
+        )
+    })
 }
 
-async fn store(s: &StoreArgs) -> anyhow::Result<Arc<dyn OrderStore>> {
-    open_store(&s.store)
+pub(crate) async fn store(s: &StoreArgs) -> anyhow::Result<Arc<dyn OrderStore>> {
+    let store = open_store(&s.store)
         .await
-        .with_context(|| format!("opening the order store {}", s.store))
+        .with_context(|| format!("opening the order store {}", s.store))?;
+    Ok(match &s.store_fault_file {
+        Some(marker) => {
+            tracing::warn!(marker = %marker.display(), "store fault injection is on");
+            FaultInjection::wrap(store, marker.clone())
+        }
+        None => store,
+    })
 }
 
 /// Runs the roles in `set` until a signal (SIGTERM, Ctrl-C) or until one of

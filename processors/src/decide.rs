@@ -14,7 +14,7 @@ use seckill_schemas::{
 const SCRIPT: &str = include_str!("decide.lua");
 
 #[derive(Serialize)]
-struct PrizeRow {
+pub(crate) struct PrizeRow {
     id: String,
     p: f64,
     price: u64,
@@ -70,6 +70,33 @@ enum Op<'a> {
     },
 }
 
+pub(crate) fn kind_name(spec: &CampaignSpec) -> &'static str {
+    match spec.kind {
+        CampaignKind::Sale => "sale",
+        CampaignKind::Lottery => "lottery",
+    }
+}
+
+pub(crate) fn strategy_name(spec: &CampaignSpec) -> &'static str {
+    match spec.strategy.unwrap_or_default() {
+        DrawStrategy::Fixed => "fixed",
+        DrawStrategy::Renormalize => "renormalize",
+    }
+}
+
+/// The lottery's draw table as the script reads it.
+pub(crate) fn table_rows(spec: &CampaignSpec) -> Vec<PrizeRow> {
+    spec.draw_table()
+        .into_iter()
+        .map(|p| PrizeRow {
+            price: p.price.unwrap_or(0),
+            id: p.id,
+            p: p.probability,
+            stock: p.stock,
+        })
+        .collect()
+}
+
 fn canonical(spec: &CampaignSpec) -> String {
     // serde writes fields in declaration order and skips unset options, so
     // equal specs give equal strings.
@@ -103,10 +130,7 @@ impl<'a> Op<'a> {
                     t: "c",
                     r: &u.request_id,
                     def: canonical(c),
-                    kind: match c.kind {
-                        CampaignKind::Sale => "sale",
-                        CampaignKind::Lottery => "lottery",
-                    },
+                    kind: kind_name(c),
                     stock: c.stock,
                     limit: c.per_user_limit,
                     start: c.starts_at.timestamp_millis(),
@@ -115,11 +139,8 @@ impl<'a> Op<'a> {
                     price: c.price,
                     draft: c.draft,
                     max_att: c.max_attempts_per_user.unwrap_or(0),
-                    strategy: match c.strategy.unwrap_or_default() {
-                        DrawStrategy::Fixed => "fixed",
-                        DrawStrategy::Renormalize => "renormalize",
-                    },
-                    table: Vec::new(),
+                    strategy: strategy_name(c),
+                    table: table_rows(c),
                 }
             }
             RequestEvent::CampaignCommand(c) => match &c.action {
@@ -311,19 +332,8 @@ impl Decider {
         let mut known = spec.cloned();
         let mut ops = Vec::with_capacity(events.len());
         for e in events {
-            let mut op = Op::of(e, known.as_ref());
-            if let (RequestEvent::UpsertCampaign(u), Op::Create { table, .. }) = (e, &mut op) {
-                *table = u
-                    .campaign
-                    .draw_table()
-                    .into_iter()
-                    .map(|p| PrizeRow {
-                        price: p.price.unwrap_or(0),
-                        id: p.id,
-                        p: p.probability,
-                        stock: p.stock,
-                    })
-                    .collect();
+            let op = Op::of(e, known.as_ref());
+            if let RequestEvent::UpsertCampaign(u) = e {
                 known.get_or_insert_with(|| u.campaign.clone());
             }
             ops.push(op);

@@ -6,6 +6,7 @@ mod config;
 mod decide;
 mod error;
 mod internal_events;
+mod restore;
 mod run;
 mod sweep;
 mod translate;
@@ -13,6 +14,7 @@ mod translate;
 pub use config::ProcessorConfig;
 pub use decide::{Decider, OrderRecord, Outcome};
 pub use error::ProcessorError;
+pub use restore::{encode_decision, encode_order, meta_fields, restore, CampaignImage};
 pub use run::run;
 
 /// Connects to Redis with a connection that reconnects by itself.

@@ -13,7 +13,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use seckill_schemas::runtime::{dead_letter, recv_batch, store_done};
+use seckill_schemas::runtime::{dead_letter, recv_batch, store_done, ErrorClass};
 use seckill_schemas::{CampaignSpec, KeyLayout, RequestEvent};
 
 use crate::decide::{DecideError, Decider, Outcome};
@@ -137,20 +137,27 @@ struct Parsed<'m> {
     event: RequestEvent,
 }
 
-/// Why a message can never be decided.
-fn parse(message: &OwnedMessage) -> Result<RequestEvent, String> {
-    let payload = message.payload().ok_or("empty payload")?;
-    let event: RequestEvent =
-        serde_json::from_slice(payload).map_err(|e| format!("invalid JSON request event: {e}"))?;
+/// Why a message can never be decided: unreadable, or readable but not a
+/// valid request (both go to the requests DLQ at once).
+fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
+    let unparseable = |e: String| (ErrorClass::Unparseable, e);
+    let payload = message
+        .payload()
+        .ok_or_else(|| unparseable("empty payload".into()))?;
+    let event: RequestEvent = serde_json::from_slice(payload)
+        .map_err(|e| unparseable(format!("invalid JSON request event: {e}")))?;
     event
         .validate()
-        .map_err(|e| format!("invalid request event: {e}"))?;
+        .map_err(|e| (ErrorClass::Permanent, format!("invalid request event: {e}")))?;
     // The key decides the partition and so the campaign's single writer; a
     // message keyed differently would be decided out of order.
     if message.key() != Some(event.campaign_id().as_bytes()) {
-        return Err(format!(
-            "message key must equal campaign_id {:?}",
-            event.campaign_id()
+        return Err((
+            ErrorClass::Permanent,
+            format!(
+                "message key must equal campaign_id {:?}",
+                event.campaign_id()
+            ),
         ));
     }
     Ok(event)
@@ -206,8 +213,8 @@ impl Worker {
                 lookups.extend(t.lookups.into_iter().map(|l| (cid.to_string(), l)));
             }
         }
-        for (m, reason) in bad {
-            if !self.dead_letter(m, &reason).await {
+        for (m, (class, reason)) in bad {
+            if !self.dead_letter(m, class, &reason).await {
                 return None;
             }
         }
@@ -394,21 +401,21 @@ impl Worker {
         (!lookups.is_empty()).then_some(pipe)
     }
 
-    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> bool {
+    async fn dead_letter(&self, message: &OwnedMessage, class: ErrorClass, reason: &str) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
             match dead_letter(
                 &self.producer,
                 &self.config.topics.requests_dlq,
                 message,
-                "permanent",
+                class,
                 reason,
             )
             .await
             {
                 Ok(()) => {
                     internal_events::dead_lettered(
-                        "permanent",
+                        class.as_str(),
                         reason,
                         message.partition(),
                         message.offset(),

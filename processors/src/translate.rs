@@ -2,9 +2,9 @@
 //! and the lookups to record. Pure: no I/O, so every mapping is testable.
 
 use seckill_schemas::{
-    AwardType, CampaignApplied, CampaignOutcome, CampaignSpec, DecisionStatus, OrderAction,
-    OrderChanged, OrderCommandRejected, OrderCommandResult, OrderEvent, OrderStatus, Rejected,
-    RequestEvent, Reserved, SCHEMA_VERSION,
+    AwardType, CampaignAction, CampaignApplied, CampaignOutcome, CampaignSpec, DecisionStatus,
+    OrderAction, OrderChanged, OrderCommandRejected, OrderCommandResult, OrderEvent, OrderStatus,
+    Rejected, RequestEvent, Reserved, SCHEMA_VERSION,
 };
 
 use crate::decide::{OrderRecord, Outcome};
@@ -173,6 +173,21 @@ pub(crate) fn translate(
                 if outcome == CampaignOutcome::Created {
                     out.lookups.push(Lookup::NewCampaign);
                 }
+                let (campaign, quantity, prize_id) = match (event, outcome) {
+                    (RequestEvent::UpsertCampaign(u), CampaignOutcome::Created) => {
+                        (Some(u.campaign.clone()), None, None)
+                    }
+                    (RequestEvent::CampaignCommand(c), CampaignOutcome::Applied) => match &c.action
+                    {
+                        CampaignAction::AddStock { quantity, prize_id } => (
+                            None,
+                            Some(*quantity),
+                            prize_id.clone().or_else(|| sole_prize(spec)),
+                        ),
+                        _ => (None, None, None),
+                    },
+                    _ => (None, None, None),
+                };
                 let applied = CampaignApplied {
                     schema_version: SCHEMA_VERSION,
                     request_id: event.request_id().to_owned(),
@@ -181,6 +196,9 @@ pub(crate) fn translate(
                     action: action.to_owned(),
                     reason,
                     decided_at_ms,
+                    campaign,
+                    quantity,
+                    prize_id,
                 };
                 out.lookups.push(Lookup::Result {
                     request_id: applied.request_id.clone(),
@@ -262,6 +280,16 @@ pub(crate) fn translate(
         }
     }
     out
+}
+
+/// The prize stock goes to when a lottery has exactly one (as the script
+/// decides it).
+fn sole_prize(spec: Option<&CampaignSpec>) -> Option<String> {
+    let table = spec?.draw_table();
+    match table.as_slice() {
+        [only] => Some(only.id.clone()),
+        _ => None,
+    }
 }
 
 /// A request id reused across kinds (a purchase id sent again as a command,

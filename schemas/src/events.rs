@@ -385,7 +385,7 @@ pub enum CampaignOutcome {
     Refused,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CampaignApplied {
     pub schema_version: u32,
     pub request_id: String,
@@ -397,6 +397,16 @@ pub struct CampaignApplied {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub decided_at_ms: i64,
+    /// The definition, on a create that took effect; with the stock added
+    /// since, the order log alone can rebuild the campaign's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<CampaignSpec>,
+    /// Units added, on an applied `add_stock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u64>,
+    /// The prize the units went to, on an applied `add_stock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prize_id: Option<String>,
 }
 
 fn create_action() -> String {

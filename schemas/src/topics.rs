@@ -12,6 +12,10 @@ pub struct Topics {
     pub orders_dlq: String,
     /// One event per paid order or free prize: deliver it (key = order id).
     pub fulfilment: String,
+    /// DLQ messages replayed too often: kept aside, never replayed again.
+    pub requests_quarantine: String,
+    pub orders_quarantine: String,
+    prefix: String,
 }
 
 impl Topics {
@@ -22,7 +26,20 @@ impl Topics {
             requests_dlq: format!("{prefix}.requests.dlq"),
             orders_dlq: format!("{prefix}.orders.dlq"),
             fulfilment: format!("{prefix}.fulfilment"),
+            requests_quarantine: format!("{prefix}.requests.quarantine"),
+            orders_quarantine: format!("{prefix}.orders.quarantine"),
+            prefix: prefix.to_owned(),
         }
+    }
+
+    /// Retry tier `tier` (1-based) of the sinks.
+    pub fn orders_retry(&self, tier: usize) -> String {
+        format!("{}.orders.retry.{tier}", self.prefix)
+    }
+
+    /// Consumer group of the sinks' retry tier `tier`.
+    pub fn retry_group(&self, tier: usize) -> String {
+        format!("{}.sinks.retry.{tier}", self.prefix)
     }
 
     /// Consumer group of the processors.

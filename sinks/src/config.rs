@@ -12,4 +12,7 @@ pub struct SinkConfig {
     pub batch_max: usize,
     /// Longest wait for a batch to fill once its first event is in.
     pub batch_max_ms: u64,
+    /// Delay of each retry tier; failures pass through them in order, then
+    /// go to the DLQ. Empty: straight to the DLQ.
+    pub retry_delays_ms: Vec<u64>,
 }

@@ -51,6 +51,19 @@ static FULFILMENTS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
+static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seckill_sink_retries_total",
+        "Order events sent to a retry tier, by tier",
+        &["tier"]
+    )
+    .expect("metric registered once")
+});
+
+pub(crate) fn retried(tier: usize) {
+    RETRIES.with_label_values(&[&tier.to_string()]).inc();
+}
+
 pub(crate) fn fulfilments(n: usize) {
     FULFILMENTS.inc_by(n as u64);
 }

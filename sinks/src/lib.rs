@@ -8,4 +8,4 @@ pub mod store;
 
 pub use config::SinkConfig;
 pub use run::{run, SinkStartError};
-pub use store::{open_store, OrderFilter, OrderStore, StoreError};
+pub use store::{open_store, FaultInjection, OrderFilter, OrderStore, StoreError};

@@ -1,5 +1,6 @@
 //! The order store: a trait, and backends chosen by URL scheme.
 
+mod faults;
 mod sqlite;
 
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use seckill_schemas::{OrderEvent, OrderView};
 
+pub use faults::FaultInjection;
 pub use sqlite::SqliteStore;
 
 /// Why the store refused or failed.

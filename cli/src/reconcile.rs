@@ -1,0 +1,425 @@
+//! `seckill reconcile <campaign> [--repair]`: the order store plus the
+//! order log are the record; Redis is the fast gate. This rebuilds what
+//! Redis should hold from the record, prints every difference, and with
+//! `--repair` writes the rebuilt state (e.g. after Redis lost its data).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rdkafka::message::Message;
+use redis::aio::ConnectionManager;
+use serde_json::json;
+
+use seckill_processors::{encode_decision, encode_order, meta_fields, restore, CampaignImage};
+use seckill_schemas::{
+    CampaignOutcome, CampaignSpec, DecisionStatus, KeyLayout, OrderEvent, OrderStatus,
+};
+
+use crate::args::{KafkaArgs, RedisArgs, StoreArgs};
+use crate::topic::read_range;
+
+#[derive(Debug, Args)]
+pub(crate) struct ReconcileCmd {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The campaign to check.
+    campaign: String,
+    /// Rewrite the campaign's Redis state from the store and the log.
+    #[arg(long)]
+    repair: bool,
+}
+
+/// One order as the record knows it.
+#[derive(Debug, Clone)]
+struct Order {
+    status: OrderStatus,
+    user: String,
+    quantity: u32,
+    price: u64,
+    request_id: String,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    prize_id: Option<String>,
+}
+
+/// Everything the order log says about one campaign.
+#[derive(Debug, Default)]
+struct Record {
+    spec: Option<CampaignSpec>,
+    created_at_ms: i64,
+    closed: bool,
+    published: bool,
+    added: u64,
+    added_to_prize: BTreeMap<String, u64>,
+    orders: BTreeMap<String, Order>,
+    decisions: BTreeMap<String, String>,
+    attempts: BTreeMap<String, u64>,
+}
+
+impl Record {
+    /// Keeps the further-along status of an order (statuses only move up).
+    fn merge(&mut self, order_id: &str, o: Order) {
+        match self.orders.get(order_id) {
+            Some(have) if have.status.rank() >= o.status.rank() => {}
+            _ => {
+                self.orders.insert(order_id.to_owned(), o);
+            }
+        }
+    }
+
+    fn fold(&mut self, event: &OrderEvent) {
+        if let OrderEvent::CampaignApplied(a) = event {
+            let applied = matches!(
+                a.outcome,
+                CampaignOutcome::Created | CampaignOutcome::Applied
+            );
+            match (a.action.as_str(), applied) {
+                ("create", true) => {
+                    if let Some(spec) = &a.campaign {
+                        self.spec = Some(spec.clone());
+                        self.created_at_ms = a.decided_at_ms;
+                    }
+                }
+                ("add_stock", true) => {
+                    let q = a.quantity.unwrap_or(0);
+                    self.added += q;
+                    if let Some(p) = &a.prize_id {
+                        *self.added_to_prize.entry(p.clone()).or_default() += q;
+                    }
+                }
+                ("close", true) => self.closed = true,
+                ("publish", true) => self.published = true,
+                ("reset", true) => {
+                    self.orders.clear();
+                    self.decisions.clear();
+                    self.attempts.clear();
+                }
+                _ => {}
+            }
+            return;
+        }
+        if let Some((status, r)) = event.order_state() {
+            self.merge(
+                r.order_id,
+                Order {
+                    status,
+                    user: r.user_id.to_owned(),
+                    quantity: r.quantity,
+                    price: r.price,
+                    request_id: r.purchase_request_id.to_owned(),
+                    created_at_ms: r.created_at_ms,
+                    expires_at_ms: r.expires_at_ms,
+                    prize_id: r.prize_id.map(str::to_owned),
+                },
+            );
+        }
+        match event {
+            OrderEvent::Reserved(e) | OrderEvent::Confirmed(e) => {
+                let confirmed = matches!(event, OrderEvent::Confirmed(_));
+                let status = if e.prize_id.is_some() {
+                    "won"
+                } else {
+                    "reserved"
+                };
+                if e.prize_id.is_some() {
+                    *self.attempts.entry(e.user_id.clone()).or_default() += 1;
+                }
+                self.decisions.insert(
+                    e.request_id.clone(),
+                    encode_decision(
+                        status,
+                        "",
+                        Some(&e.order_id),
+                        Some(e.quantity),
+                        e.decided_at_ms,
+                        Some(e.expires_at_ms),
+                        Some(e.price),
+                        e.prize_id.as_deref(),
+                        confirmed,
+                    ),
+                );
+            }
+            OrderEvent::Rejected(e) => {
+                if e.status == DecisionStatus::Lost {
+                    *self.attempts.entry(e.user_id.clone()).or_default() += 1;
+                }
+                self.decisions.insert(
+                    e.request_id.clone(),
+                    encode_decision(
+                        e.status.as_str(),
+                        &e.reason,
+                        None,
+                        None,
+                        e.decided_at_ms,
+                        None,
+                        None,
+                        None,
+                        false,
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The Redis state this record implies.
+    fn image(&self, spec: &CampaignSpec) -> CampaignImage {
+        let mut img = CampaignImage {
+            meta: meta_fields(
+                spec,
+                self.closed,
+                spec.draft && !self.published,
+                self.created_at_ms,
+            ),
+            ..CampaignImage::default()
+        };
+        let total = spec.stock + self.added;
+        let (mut reserved, mut paid) = (0u64, 0u64);
+        let mut users: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut prize_live: BTreeMap<&str, u64> = BTreeMap::new();
+        for (id, o) in &self.orders {
+            let q = u64::from(o.quantity);
+            match o.status {
+                OrderStatus::Reserved => {
+                    reserved += q;
+                    img.deadlines.insert(id.clone(), o.expires_at_ms);
+                }
+                OrderStatus::Paid => paid += q,
+                OrderStatus::Cancelled | OrderStatus::Expired => {}
+            }
+            if matches!(o.status, OrderStatus::Reserved | OrderStatus::Paid) {
+                *users.entry(&o.user).or_default() += q;
+                if let Some(p) = &o.prize_id {
+                    *prize_live.entry(p).or_default() += q;
+                }
+            }
+            img.orders.insert(
+                id.clone(),
+                encode_order(
+                    &o.user,
+                    o.quantity,
+                    o.status.as_str(),
+                    o.expires_at_ms,
+                    &o.request_id,
+                    o.price,
+                    o.created_at_ms,
+                    o.prize_id.as_deref(),
+                ),
+            );
+        }
+        for (k, v) in [("total", total), ("reserved", reserved), ("paid", paid)] {
+            img.stock.insert(k.to_owned(), v.to_string());
+        }
+        img.stock.insert(
+            "available".to_owned(),
+            (total as i64 - reserved as i64 - paid as i64).to_string(),
+        );
+        img.users = users
+            .into_iter()
+            .map(|(u, n)| (u.to_owned(), n.to_string()))
+            .collect();
+        for p in spec.draw_table() {
+            let prize_total = p.stock + self.added_to_prize.get(&p.id).copied().unwrap_or(0);
+            let live = prize_live.get(p.id.as_str()).copied().unwrap_or(0);
+            img.prizes
+                .insert(format!("{}:total", p.id), prize_total.to_string());
+            img.prizes
+                .insert(p.id.clone(), prize_total.saturating_sub(live).to_string());
+        }
+        img.attempts = self
+            .attempts
+            .iter()
+            .map(|(u, n)| (u.clone(), n.to_string()))
+            .collect();
+        img.requests = self.decisions.clone();
+        img
+    }
+}
+
+async fn hash(con: &mut ConnectionManager, key: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(redis::cmd("HGETALL").arg(key).query_async(con).await?)
+}
+
+/// Every field where `have` (Redis) differs from `want`.
+fn differences(
+    what: &str,
+    have: &BTreeMap<String, String>,
+    want: &BTreeMap<String, String>,
+    out: &mut Vec<String>,
+) {
+    let keys: BTreeSet<&String> = have.keys().chain(want.keys()).collect();
+    let mut shown = 0;
+    let mut more = 0;
+    for k in keys {
+        let (h, w) = (have.get(k), want.get(k));
+        // A zero count and a missing field mean the same.
+        let zero = |v: Option<&String>| v.is_none_or(|v| v == "0");
+        if h == w || (zero(h) && zero(w)) {
+            continue;
+        }
+        if shown < 20 {
+            out.push(format!(
+                "{what} {k}: redis has {}, the record says {}",
+                h.map_or("nothing", String::as_str),
+                w.map_or("nothing", String::as_str)
+            ));
+            shown += 1;
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        out.push(format!("{what}: {more} more difference(s)"));
+    }
+}
+
+impl ReconcileCmd {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        let cid = self.campaign.clone();
+        let settings = self.kafka.settings();
+        let topic = self.kafka.topics().orders;
+
+        // The log, in order: a campaign's events all share its partition.
+        let consumer =
+            settings.plain_consumer(&format!("{topic}.reconcile-{}", uuid::Uuid::new_v4()))?;
+        let mut record = Record::default();
+        read_range(
+            &consumer,
+            &topic,
+            |_, low| low,
+            |m| {
+                if m.key() == Some(cid.as_bytes()) {
+                    if let Some(Ok(e)) = m.payload().map(serde_json::from_slice::<OrderEvent>) {
+                        record.fold(&e);
+                    }
+                }
+                Ok(true)
+            },
+        )
+        .await?;
+
+        // The store holds what the log may no longer (retention) or not yet
+        // show; the further-along status wins.
+        let store = crate::roles::store(&self.store).await?;
+        let stored = seckill_cli::check::stored_orders(&*store, &cid).await?;
+        for o in &stored {
+            let status = match o.status.as_str() {
+                "reserved" => OrderStatus::Reserved,
+                "paid" => OrderStatus::Paid,
+                "cancelled" => OrderStatus::Cancelled,
+                _ => OrderStatus::Expired,
+            };
+            record.merge(
+                &o.order_id,
+                Order {
+                    status,
+                    user: o.user_id.clone(),
+                    quantity: o.quantity,
+                    price: o.price,
+                    request_id: o.request_id.clone(),
+                    created_at_ms: o.created_at_ms,
+                    expires_at_ms: o.expires_at_ms,
+                    prize_id: o.prize_id.clone(),
+                },
+            );
+        }
+
+        let mut redis = seckill_processors::connect_redis(&self.redis.redis_url).await?;
+        let keys = KeyLayout::new(self.redis.key_prefix.clone());
+        let k = keys.campaign(&cid);
+        let spec = match record.spec.clone() {
+            Some(s) => s,
+            None => {
+                let def: Option<String> = redis::cmd("HGET")
+                    .arg(&k.meta)
+                    .arg("def")
+                    .query_async(&mut redis)
+                    .await?;
+                match def.and_then(|d| serde_json::from_str(&d).ok()) {
+                    Some(s) => s,
+                    None => bail!("campaign {cid:?}: no definition in the order log or in Redis; nothing to reconcile"),
+                }
+            }
+        };
+        let want = record.image(&spec);
+
+        let mut diffs = Vec::new();
+        let meta = hash(&mut redis, &k.meta).await?;
+        if meta.get("def") != want.meta.get("def") {
+            diffs.push("meta: the campaign definition is missing or differs in Redis".to_owned());
+        }
+        differences(
+            "stock",
+            &hash(&mut redis, &k.stock).await?,
+            &want.stock,
+            &mut diffs,
+        );
+        differences(
+            "user",
+            &hash(&mut redis, &k.users).await?,
+            &want.users,
+            &mut diffs,
+        );
+        differences(
+            "prize",
+            &hash(&mut redis, &k.prizes).await?,
+            &want.prizes,
+            &mut diffs,
+        );
+        let state = |v: &String| v.split('|').nth(2).unwrap_or("").to_owned();
+        let have_orders: BTreeMap<String, String> = hash(&mut redis, &k.orders)
+            .await?
+            .iter()
+            .map(|(id, v)| (id.clone(), state(v)))
+            .collect();
+        let want_orders: BTreeMap<String, String> = want
+            .orders
+            .iter()
+            .map(|(id, v)| (id.clone(), state(v)))
+            .collect();
+        differences("order", &have_orders, &want_orders, &mut diffs);
+        let recorded: BTreeSet<String> = redis::cmd("HKEYS")
+            .arg(&k.requests)
+            .query_async::<Vec<String>>(&mut redis)
+            .await?
+            .into_iter()
+            .collect();
+        let missing = want
+            .requests
+            .keys()
+            .filter(|r| !recorded.contains(*r))
+            .count();
+        if missing > 0 {
+            diffs.push(format!("requests: {missing} decided request(s) not recorded in Redis (a redelivery would be decided again)"));
+        }
+
+        let repaired = if self.repair && !diffs.is_empty() {
+            restore(&mut redis, &keys, &cid, &want)
+                .await
+                .with_context(|| format!("writing the rebuilt state of {cid} to Redis"))?;
+            true
+        } else {
+            false
+        };
+        println!(
+            "{}",
+            json!({
+                "campaign": cid,
+                "discrepancies": diffs.len(),
+                "details": diffs,
+                "record": {
+                    "orders": record.orders.len(),
+                    "decisions": record.decisions.len(),
+                    "stock": want.stock,
+                },
+                "repaired": repaired,
+            })
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! The sink: a main loop on the orders topic and one loop per retry tier.
+//!
+//! A batch the store refuses for a transient reason (unavailable, timeout)
+//! does not block the partition: its events move to retry tier 1 and the
+//! main loop goes on. Each tier holds messages until their `retry-at` time
+//! (pausing just that partition, never sleeping in the loop), tries them
+//! again, and passes failures on to the next tier; after the last tier, or
+//! on a permanent failure, they go to the orders DLQ with headers that say
+//! why.
+//!
+//! Ordering per order: an event for an order can overtake an earlier one
+//! that waits in a retry tier. That is resolved by the store's monotonic
+//! status rule rather than by parking: every event carries the whole order,
+//! and a status only moves to a higher rank, so a late `reserved` arriving
+//! after `paid` changes nothing and the order ends in the same state
+//! whichever arrives first.
+
+mod handler;
+mod tiers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use tokio_util::sync::CancellationToken;
+
+use seckill_schemas::runtime::{recv_batch, store_done};
+
+use crate::{OrderStore, SinkConfig};
+use handler::Sink;
+
+/// Why a sink could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("Kafka client error (is the broker at {brokers} running?): {source}")]
+pub struct SinkStartError {
+    brokers: String,
+    source: rdkafka::error::KafkaError,
+}
+
+pub(crate) async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// Runs one sink (main loop and retry tiers) until `cancel` fires; the
+/// batch in hand is finished first.
+pub async fn run(
+    config: SinkConfig,
+    store: Arc<dyn OrderStore>,
+    cancel: CancellationToken,
+) -> Result<(), SinkStartError> {
+    let kafka_err = |source| SinkStartError {
+        brokers: config.kafka.brokers.clone(),
+        source,
+    };
+    let consumer = config
+        .kafka
+        .group_consumer(&config.group_id)
+        .map_err(kafka_err)?;
+    consumer
+        .subscribe(&[config.topics.orders.as_str()])
+        .map_err(kafka_err)?;
+    let producer = config.kafka.producer(0).map_err(kafka_err)?;
+    let sink = Arc::new(Sink {
+        store,
+        producer,
+        config: config.clone(),
+        cancel: cancel.clone(),
+    });
+    let mut tiers = Vec::new();
+    for tier in 1..=config.retry_delays_ms.len() {
+        let tier_consumer = config
+            .kafka
+            .group_consumer(&config.topics.retry_group(tier))
+            .map_err(kafka_err)?;
+        tier_consumer
+            .subscribe(&[config.topics.orders_retry(tier).as_str()])
+            .map_err(kafka_err)?;
+        tiers.push(tokio::spawn(tiers::run(
+            Arc::clone(&sink),
+            tier,
+            tier_consumer,
+        )));
+    }
+    tracing::info!(topic = %config.topics.orders, group = %config.group_id, tiers = tiers.len(), "sink started");
+    let wait = Duration::from_millis(config.batch_max_ms);
+    loop {
+        let batch = match recv_batch(&consumer, config.batch_max, wait, &cancel).await {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the orders topic failed; retrying");
+                if pause(&cancel, Duration::from_millis(200)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if !sink.handle(&batch).await {
+            break;
+        }
+        store_done(&consumer, &batch);
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed; the last batch will be redelivered");
+    }
+    for t in tiers {
+        let _ = t.await;
+    }
+    tracing::info!("sink stopped");
+    Ok(())
+}
