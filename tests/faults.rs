@@ -1,0 +1,3 @@
+//! Fault-injection suite (issue 4).
+
+mod common;
