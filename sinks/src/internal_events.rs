@@ -64,6 +64,31 @@ pub(crate) fn retried(tier: usize) {
     RETRIES.with_label_values(&[&tier.to_string()]).inc();
 }
 
+static DLQ_BACKLOG: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+    prometheus::register_int_gauge_vec!(
+        "seckill_dlq_backlog_messages",
+        "Messages in a dead-letter topic (high minus low watermark), by topic",
+        &["topic"]
+    )
+    .expect("metric registered once")
+});
+
+static REPLAYED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seckill_sink_replayed_events_total",
+        "Order events the sink received back from a DLQ replay"
+    )
+    .expect("metric registered once")
+});
+
+pub(crate) fn dlq_backlog(topic: &str, messages: i64) {
+    DLQ_BACKLOG.with_label_values(&[topic]).set(messages);
+}
+
+pub(crate) fn replayed(n: usize) {
+    REPLAYED.inc_by(n as u64);
+}
+
 pub(crate) fn fulfilments(n: usize) {
     FULFILMENTS.inc_by(n as u64);
 }

@@ -84,6 +84,11 @@ pub async fn run(
             tier_consumer,
         )));
     }
+    tokio::spawn(watch_dlq_backlog(
+        sink.producer.clone(),
+        config.clone(),
+        cancel.clone(),
+    ));
     tracing::info!(topic = %config.topics.orders, group = %config.group_id, tiers = tiers.len(), "sink started");
     let wait = Duration::from_millis(config.batch_max_ms);
     loop {
@@ -98,6 +103,19 @@ pub async fn run(
                 continue;
             }
         };
+        let replays = batch
+            .iter()
+            .filter(|m| {
+                seckill_schemas::runtime::header_str(
+                    m,
+                    seckill_schemas::runtime::headers::REPLAY_COUNT,
+                )
+                .is_some()
+            })
+            .count();
+        if replays > 0 {
+            crate::internal_events::replayed(replays);
+        }
         if !sink.handle(&batch).await {
             break;
         }
@@ -111,4 +129,47 @@ pub async fn run(
     }
     tracing::info!("sink stopped");
     Ok(())
+}
+
+/// Keeps the DLQ backlog gauges current (the alert on a growing DLQ reads
+/// them).
+async fn watch_dlq_backlog(
+    producer: rdkafka::producer::FutureProducer,
+    config: SinkConfig,
+    cancel: CancellationToken,
+) {
+    use rdkafka::producer::Producer;
+    loop {
+        for topic in [
+            config.topics.orders_dlq.clone(),
+            config.topics.requests_dlq.clone(),
+        ] {
+            let p = producer.clone();
+            let t = topic.clone();
+            let size = tokio::task::spawn_blocking(move || {
+                let md = p
+                    .client()
+                    .fetch_metadata(Some(&t), Duration::from_secs(5))
+                    .ok()?;
+                let mut n = 0;
+                for part in md.topics().iter().flat_map(|x| x.partitions()) {
+                    let (low, high) = p
+                        .client()
+                        .fetch_watermarks(&t, part.id(), Duration::from_secs(5))
+                        .ok()?;
+                    n += high - low;
+                }
+                Some(n)
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(n) = size {
+                crate::internal_events::dlq_backlog(&topic, n);
+            }
+        }
+        if pause(&cancel, Duration::from_secs(15)).await {
+            return;
+        }
+    }
 }
