@@ -341,20 +341,11 @@ impl Decider {
         // Encoding plain structs of strings and numbers cannot fail.
         let arg = serde_json::to_string(&ops).unwrap_or_default();
         let k = self.keys.campaign(campaign_id);
-        let raw: Vec<String> = self
-            .script
-            .key(&k.meta)
-            .key(&k.stock)
-            .key(&k.users)
-            .key(&k.requests)
-            .key(&k.orders)
-            .key(&k.deadlines)
-            .key(&k.attempts)
-            .key(&k.prizes)
-            .key(&k.stats)
-            .arg(arg)
-            .invoke_async(con)
-            .await?;
+        let mut call = self.script.prepare_invoke();
+        for key in k.script_keys() {
+            call.key(key);
+        }
+        let raw: Vec<String> = call.arg(arg).invoke_async(con).await?;
         if raw.len() != events.len() {
             return Err(DecideError::BadAnswer(format!(
                 "{} answers for {} operations",

@@ -110,19 +110,12 @@ pub async fn restore(
 ) -> Result<(), redis::RedisError> {
     let k = keys.campaign(campaign_id);
     let arg = serde_json::to_string(image).unwrap_or_default();
-    let _: i64 = redis::Script::new(SCRIPT)
-        .key(&k.meta)
-        .key(&k.stock)
-        .key(&k.users)
-        .key(&k.requests)
-        .key(&k.orders)
-        .key(&k.deadlines)
-        .key(&k.attempts)
-        .key(&k.prizes)
-        .key(&k.stats)
-        .arg(arg)
-        .invoke_async(con)
-        .await?;
+    let script = redis::Script::new(SCRIPT);
+    let mut call = script.prepare_invoke();
+    for key in k.script_keys() {
+        call.key(key);
+    }
+    let _: i64 = call.arg(arg).invoke_async(con).await?;
     let _: i64 = redis::cmd("SADD")
         .arg(keys.campaigns())
         .arg(campaign_id)

@@ -13,7 +13,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use seckill_schemas::runtime::{dead_letter, recv_batch, store_done, ErrorClass};
+use seckill_schemas::runtime::{dead_letter, next_batch, store_done, ErrorClass};
 use seckill_schemas::{CampaignSpec, KeyLayout, RequestEvent};
 
 use crate::decide::{DecideError, Decider, Outcome};
@@ -82,16 +82,16 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
 
     let wait = Duration::from_millis(config.batch_max_ms);
     loop {
-        let batch = match recv_batch(&consumer, config.batch_max, wait, &cancel).await {
-            Ok(b) if b.is_empty() => break,
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the requests topic failed; retrying");
-                if pause(&cancel, Duration::from_millis(200)).await {
-                    break;
-                }
-                continue;
-            }
+        let Some(batch) = next_batch(
+            &consumer,
+            config.batch_max,
+            wait,
+            &cancel,
+            &config.topics.requests,
+        )
+        .await
+        else {
+            break;
         };
         internal_events::batch_received(batch.len());
         let Some(in_flight) = worker.handle(batch).await else {

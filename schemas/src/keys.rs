@@ -31,6 +31,23 @@ pub struct CampaignKeys {
     pub stats: String,
 }
 
+impl CampaignKeys {
+    /// The keys in the order the campaign scripts take them as KEYS.
+    pub fn script_keys(&self) -> [&str; 9] {
+        [
+            &self.meta,
+            &self.stock,
+            &self.users,
+            &self.requests,
+            &self.orders,
+            &self.deadlines,
+            &self.attempts,
+            &self.prizes,
+            &self.stats,
+        ]
+    }
+}
+
 impl KeyLayout {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {

@@ -152,6 +152,30 @@ pub async fn recv_batch(
     Ok(batch)
 }
 
+/// The next batch for a role's main loop: like [`recv_batch`], but a read
+/// error is logged and retried after a pause. `None` once `cancel` fires.
+pub async fn next_batch(
+    consumer: &StreamConsumer,
+    max: usize,
+    max_wait: Duration,
+    cancel: &CancellationToken,
+    topic: &str,
+) -> Option<Vec<OwnedMessage>> {
+    loop {
+        match recv_batch(consumer, max, max_wait, cancel).await {
+            Ok(b) if b.is_empty() => return None,
+            Ok(b) => return Some(b),
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "reading failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// The offsets to resume from after `messages` are done: the highest offset
 /// + 1 of each partition.
 pub fn next_offsets(messages: &[OwnedMessage]) -> TopicPartitionList {

@@ -15,7 +15,7 @@ use seckill_schemas::{
     CampaignOutcome, CampaignSpec, RequestEvent, UpsertCampaign, UserParticipation, SCHEMA_VERSION,
 };
 
-use super::queue::{enqueue, wait_for};
+use super::queue::submit;
 use crate::body;
 use crate::cache::{read_definition, read_view};
 use crate::listener::Wakeup;
@@ -93,17 +93,12 @@ async fn create_inner(
         None => {}
     }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let rx = app.waiters.register(&request_id);
     let event = RequestEvent::UpsertCampaign(UpsertCampaign {
         schema_version: SCHEMA_VERSION,
         request_id: request_id.clone(),
         campaign: spec.clone(),
         requested_at_ms: Some(now_ms()),
     });
-    if let Err(p) = enqueue(app, &event).await {
-        app.waiters.forget(&request_id);
-        return Err(p);
-    }
     let check = || {
         let mut con = app.redis.clone();
         let ours = ours.clone();
@@ -120,7 +115,7 @@ async fn create_inner(
         Wakeup::Campaign(a) => Some(a.outcome),
         _ => None,
     };
-    match wait_for(app, &request_id, rx, APPLY_WAIT, pick, check).await {
+    match submit(app, &event, Some(APPLY_WAIT), pick, check).await? {
         Some(CampaignOutcome::Created) => {
             Ok(view_response(app, &spec.id, StatusCode::CREATED).await)
         }
@@ -173,7 +168,6 @@ async fn command(
         )));
     }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let rx = app.waiters.register(&request_id);
     let event = RequestEvent::CampaignCommand(CampaignCommand {
         schema_version: SCHEMA_VERSION,
         request_id: request_id.clone(),
@@ -181,16 +175,12 @@ async fn command(
         action,
         requested_at_ms: Some(now_ms()),
     });
-    if let Err(p) = enqueue(app, &event).await {
-        app.waiters.forget(&request_id);
-        return Err(p);
-    }
     let check = || async { read_result::<CampaignApplied>(app, &request_id).await };
     let pick = |w| match w {
         Wakeup::Campaign(a) => Some(a),
         _ => None,
     };
-    match wait_for(app, &request_id, rx, APPLY_WAIT, pick, check).await {
+    match submit(app, &event, Some(APPLY_WAIT), pick, check).await? {
         Some(a) if a.outcome == CampaignOutcome::Applied => {
             Ok(view_response(app, id, StatusCode::OK).await)
         }

@@ -8,14 +8,14 @@ use axum::Json;
 use serde::Deserialize;
 
 use seckill_schemas::{
-    now_ms, request_id_for_key, DecisionStatus, OrderAction, OrderCommand, OrderCommandResult,
-    RequestAccepted, RequestEvent, SCHEMA_VERSION,
+    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, RequestEvent,
+    SCHEMA_VERSION,
 };
 use seckill_sinks::OrderFilter;
 
 use super::campaigns::read_result;
 use super::purchases::{idempotency_key, user_of};
-use super::queue::{enqueue, wait_for};
+use super::queue::{accepted, submit};
 use crate::listener::Wakeup;
 use crate::problem::Problem;
 use crate::state::{App, AppState};
@@ -174,7 +174,6 @@ async fn order_command(
     if let Some(r) = read_result::<OrderCommandResult>(app, &request_id).await {
         return Ok(answer(r));
     }
-    let rx = (wait_ms > 0).then(|| app.waiters.register(&request_id));
     let event = RequestEvent::OrderCommand(OrderCommand {
         schema_version: SCHEMA_VERSION,
         request_id: request_id.clone(),
@@ -184,43 +183,16 @@ async fn order_command(
         action,
         requested_at_ms: Some(now_ms()),
     });
-    if let Err(p) = enqueue(app, &event).await {
-        app.waiters.forget(&request_id);
-        return Err(p);
-    }
-    let accepted = || {
-        (
-            StatusCode::ACCEPTED,
-            Json(RequestAccepted {
-                request_id: request_id.clone(),
-                status: DecisionStatus::Pending,
-            }),
-        )
-            .into_response()
-    };
-    let Some(rx) = rx else {
-        return Ok(accepted());
-    };
     let pick = |w| match w {
         Wakeup::Order(r) => Some(r),
         _ => None,
     };
     let check = || async { read_result::<OrderCommandResult>(app, &request_id).await };
-    Ok(
-        match wait_for(
-            app,
-            &request_id,
-            rx,
-            Duration::from_millis(wait_ms),
-            pick,
-            check,
-        )
-        .await
-        {
-            Some(r) => answer(r),
-            None => accepted(),
-        },
-    )
+    let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
+    Ok(match submit(app, &event, wait, pick, check).await? {
+        Some(r) => answer(r),
+        None => accepted(&request_id),
+    })
 }
 
 fn answer(r: OrderCommandResult) -> Response {

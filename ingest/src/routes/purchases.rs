@@ -10,11 +10,11 @@ use serde::Deserialize;
 
 use seckill_schemas::{
     now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Attributes, CampaignKind,
-    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RequestAccepted,
-    RequestEvent, MAX_QUANTITY, SCHEMA_VERSION,
+    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RequestEvent,
+    MAX_QUANTITY, SCHEMA_VERSION,
 };
 
-use super::queue::{enqueue, wait_for};
+use super::queue::{accepted, submit};
 use super::requests::read_decision;
 use crate::body;
 use crate::cache::{state_at, Snapshot};
@@ -216,7 +216,6 @@ async fn purchase(
         Err(e) => tracing::debug!(error = %e, "campaign cache unavailable; queueing"),
     }
 
-    let rx = (wait_ms > 0).then(|| app.waiters.register(&request_id));
     let event = RequestEvent::PurchaseRequested(PurchaseRequested {
         schema_version: SCHEMA_VERSION,
         request_id: request_id.clone(),
@@ -226,40 +225,16 @@ async fn purchase(
         requested_at_ms: Some(now_ms()),
         attributes: body.attributes,
     });
-    if let Err(p) = enqueue(app, &event).await {
-        app.waiters.forget(&request_id);
-        return Err(p);
-    }
-    internal_events::purchase("queued");
-    let accepted = || {
-        (
-            StatusCode::ACCEPTED,
-            Json(RequestAccepted {
-                request_id: request_id.clone(),
-                status: DecisionStatus::Pending,
-            }),
-        )
-            .into_response()
-    };
-    let Some(rx) = rx else {
-        return Ok(accepted());
-    };
     let pick = |w| match w {
         Wakeup::Decision(d) => Some(d),
         _ => None,
     };
     let check = || async { read_decision(app, &request_id).await.ok().flatten() };
-    let waited = wait_for(
-        app,
-        &request_id,
-        rx,
-        Duration::from_millis(wait_ms),
-        pick,
-        check,
-    )
-    .await;
-    Ok(match waited {
+    let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
+    let outcome = submit(app, &event, wait, pick, check).await?;
+    internal_events::purchase("queued");
+    Ok(match outcome {
         Some(d) => Json(d).into_response(),
-        None => accepted(),
+        None => accepted(&request_id),
     })
 }

@@ -3,8 +3,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use rdkafka::producer::FutureRecord;
-use seckill_schemas::RequestEvent;
+use seckill_schemas::{DecisionStatus, RequestAccepted, RequestEvent};
 use tokio::sync::oneshot;
 
 use crate::internal_events;
@@ -81,4 +84,43 @@ where
             return None;
         }
     }
+}
+
+/// Queues `event` and, when `wait` is set, waits that long for its outcome
+/// (see [`wait_for`]). `Ok(None)`: queued, no outcome yet.
+pub(crate) async fn submit<T, F, Fut>(
+    app: &App,
+    event: &RequestEvent,
+    wait: Option<Duration>,
+    pick: impl Fn(Wakeup) -> Option<T>,
+    check: F,
+) -> Result<Option<T>, Problem>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let request_id = event.request_id();
+    // Registered before the produce, so an outcome that comes back at once
+    // is not missed.
+    let rx = wait.map(|_| app.waiters.register(request_id));
+    if let Err(p) = enqueue(app, event).await {
+        app.waiters.forget(request_id);
+        return Err(p);
+    }
+    match (rx, wait) {
+        (Some(rx), Some(wait)) => Ok(wait_for(app, request_id, rx, wait, pick, check).await),
+        _ => Ok(None),
+    }
+}
+
+/// 202: queued; the outcome will be at `GET /v1/requests/{request_id}`.
+pub(crate) fn accepted(request_id: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(RequestAccepted {
+            request_id: request_id.to_owned(),
+            status: DecisionStatus::Pending,
+        }),
+    )
+        .into_response()
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use rdkafka::consumer::{CommitMode, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use seckill_schemas::runtime::{recv_batch, store_done};
+use seckill_schemas::runtime::{next_batch, store_done};
 
 use crate::{OrderStore, SinkConfig};
 use handler::Sink;
@@ -92,16 +92,16 @@ pub async fn run(
     tracing::info!(topic = %config.topics.orders, group = %config.group_id, tiers = tiers.len(), "sink started");
     let wait = Duration::from_millis(config.batch_max_ms);
     loop {
-        let batch = match recv_batch(&consumer, config.batch_max, wait, &cancel).await {
-            Ok(b) if b.is_empty() => break,
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the orders topic failed; retrying");
-                if pause(&cancel, Duration::from_millis(200)).await {
-                    break;
-                }
-                continue;
-            }
+        let Some(batch) = next_batch(
+            &consumer,
+            config.batch_max,
+            wait,
+            &cancel,
+            &config.topics.orders,
+        )
+        .await
+        else {
+            break;
         };
         let replays = batch
             .iter()
