@@ -330,7 +330,11 @@ local function release(id, o, to)
   available = available + o.q
   d_avail = d_avail + o.q
   d_res = d_res - o.q
-  redis.call('HINCRBY', KEYS[3], o.user, -o.q)
+  -- A user who holds nothing any more leaves the hash, so its size is the
+  -- number of users holding units.
+  if redis.call('HINCRBY', KEYS[3], o.user, -o.q) <= 0 then
+    redis.call('HDEL', KEYS[3], o.user)
+  end
   if o.prize ~= '' and get_meta() then
     move_prize(o.prize, o.q)
   end

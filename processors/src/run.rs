@@ -218,13 +218,28 @@ impl Worker {
                 return None;
             }
         }
-        let index = self.index_pipeline(&lookups);
+        // The lookups go first: whoever reads an event must be able to
+        // find what it names (a pay right after a reservation looks up the
+        // order's campaign).
+        if let Some(pipe) = self.index_pipeline(&lookups) {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let mut con = self.redis.clone();
+                match pipe.query_async::<()>(&mut con).await {
+                    Ok(()) => break,
+                    Err(e) => internal_events::step_failed("index", &e),
+                }
+                if pause(&self.cancel, backoff).await {
+                    return None;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
         let deliveries = self.send_all(&payloads, 0..payloads.len()).await;
         Some(InFlight {
             messages,
             payloads,
             deliveries,
-            index,
         })
     }
 
@@ -327,9 +342,8 @@ impl Worker {
         out
     }
 
-    /// Waits until the broker has acknowledged every event of the batch and
-    /// its decisions are readable by request id. Returns false only when
-    /// stopped first.
+    /// Waits until the broker has acknowledged every event of the batch.
+    /// Returns false only when stopped first.
     async fn settle(&self, batch: &mut InFlight) -> bool {
         let mut backoff = Duration::from_millis(50);
         let mut deliveries = std::mem::take(&mut batch.deliveries);
@@ -361,19 +375,6 @@ impl Worker {
             deliveries = self.send_all(&batch.payloads, failed).await;
         }
         internal_events::events_emitted(batch.payloads.len());
-
-        let mut backoff = Duration::from_millis(50);
-        while let Some(pipe) = &batch.index {
-            let mut con = self.redis.clone();
-            match pipe.query_async::<()>(&mut con).await {
-                Ok(()) => break,
-                Err(e) => internal_events::step_failed("index", &e),
-            }
-            if pause(&self.cancel, backoff).await {
-                return false;
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
         true
     }
 
@@ -456,6 +457,4 @@ struct InFlight {
     /// (campaign, event JSON) per decided request.
     payloads: Vec<(String, Vec<u8>)>,
     deliveries: Vec<(usize, DeliveryFuture)>,
-    /// The decisions to record by request id, if any.
-    index: Option<redis::Pipeline>,
 }

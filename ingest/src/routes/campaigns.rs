@@ -333,11 +333,9 @@ pub(crate) async fn read_result<T: serde::de::DeserializeOwned>(
     app: &App,
     request_id: &str,
 ) -> Option<T> {
-    let mut con = app.redis.clone();
-    let raw: Option<String> = redis::cmd("GET")
-        .arg(app.keys.decision(request_id))
-        .query_async(&mut con)
+    super::requests::read_result_json(app, request_id)
         .await
-        .ok()?;
-    raw.and_then(|r| serde_json::from_str(&r).ok())
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_value(v).ok())
 }

@@ -7,18 +7,46 @@ use crate::problem::Problem;
 use crate::state::App;
 use crate::state::AppState;
 
-/// The decision recorded for a request, if any.
-pub(crate) async fn read_decision(
+fn redis_down(e: redis::RedisError) -> Problem {
+    Problem::unavailable(format!("Redis unavailable: {e}")).retry_after(1)
+}
+
+/// The result recorded for a request (a purchase decision, a pay or cancel
+/// result, a campaign command's outcome), if any and still current: a
+/// campaign reset forgets its requests, and with them these results.
+pub(crate) async fn read_result_json(
     app: &App,
     request_id: &str,
-) -> Result<Option<Decision>, Problem> {
+) -> Result<Option<serde_json::Value>, Problem> {
     let mut con = app.redis.clone();
     let raw: Option<String> = redis::cmd("GET")
         .arg(app.keys.decision(request_id))
         .query_async(&mut con)
         .await
-        .map_err(|e| Problem::unavailable(format!("Redis unavailable: {e}")).retry_after(1))?;
-    Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+        .map_err(redis_down)?;
+    let Some(value) = raw.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()) else {
+        return Ok(None);
+    };
+    let Some(campaign) = value.get("campaign_id").and_then(|c| c.as_str()) else {
+        return Ok(Some(value));
+    };
+    let current: bool = redis::cmd("HEXISTS")
+        .arg(app.keys.campaign(campaign).requests)
+        .arg(request_id)
+        .query_async(&mut con)
+        .await
+        .map_err(redis_down)?;
+    Ok(current.then_some(value))
+}
+
+/// The purchase decision recorded for a request, if any.
+pub(crate) async fn read_decision(
+    app: &App,
+    request_id: &str,
+) -> Result<Option<Decision>, Problem> {
+    Ok(read_result_json(app, request_id)
+        .await?
+        .and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// `GET /v1/requests/{id}`: the decision, or `pending` while there is none.
@@ -28,7 +56,7 @@ pub(super) async fn get(State(app): State<AppState>, Path(request_id): Path<Stri
     if request_id.is_empty() || request_id.len() > 128 {
         return Problem::bad_request("request_id must be 1-128 characters").into_response();
     }
-    match read_decision(&app, &request_id).await {
+    match read_result_json(&app, &request_id).await {
         Ok(Some(d)) => Json(d).into_response(),
         Ok(None) => Json(RequestAccepted {
             request_id,
