@@ -32,6 +32,10 @@ pub(crate) struct ReconcileCmd {
     /// Rewrite the campaign's Redis state from the store and the log.
     #[arg(long)]
     repair: bool,
+    /// Also write the result as Prometheus text to this file (for a
+    /// node_exporter textfile collector: a one-shot job has no /metrics).
+    #[arg(long, env = "SECKILL_RECONCILE_METRICS_FILE")]
+    metrics_file: Option<std::path::PathBuf>,
 }
 
 /// One order as the record knows it.
@@ -406,6 +410,9 @@ impl ReconcileCmd {
         } else {
             false
         };
+        if let Some(path) = &self.metrics_file {
+            write_metrics(path, &cid, diffs.len(), repaired)?;
+        }
         println!(
             "{}",
             json!({
@@ -422,4 +429,27 @@ impl ReconcileCmd {
         );
         Ok(())
     }
+}
+
+fn write_metrics(path: &std::path::Path, campaign: &str, discrepancies: usize, repaired: bool) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let found = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "seckill_reconcile_discrepancies",
+            "Differences between Redis and the order record found by the last reconcile",
+        ),
+        &["campaign"],
+    )?;
+    let fixed = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("seckill_reconcile_repaired", "1 when the last reconcile rewrote Redis"),
+        &["campaign"],
+    )?;
+    registry.register(Box::new(found.clone()))?;
+    registry.register(Box::new(fixed.clone()))?;
+    found.with_label_values(&[campaign]).set(discrepancies as i64);
+    fixed.with_label_values(&[campaign]).set(i64::from(repaired));
+    let mut text = String::new();
+    prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
