@@ -172,6 +172,22 @@ async fn sqlite_conforms() {
     run_all(&*store).await;
 }
 
+/// The same suite against ScyllaDB, when one is reachable: set
+/// `SECKILL_SCYLLA_NODES=host:9042[,host:9042]`. Each run uses a keyspace of
+/// its own.
+#[tokio::test]
+async fn scylla_conforms() {
+    let Ok(nodes) = std::env::var("SECKILL_SCYLLA_NODES") else {
+        eprintln!("SECKILL_SCYLLA_NODES is not set: the ScyllaDB conformance run is skipped");
+        return;
+    };
+    let keyspace = format!("seckill_test_{}", std::process::id());
+    let store = super::open_store(&format!("scylla://{nodes}/{keyspace}"))
+        .await
+        .unwrap();
+    run_all(&*store).await;
+}
+
 #[tokio::test]
 async fn unknown_schemes_are_refused_with_a_hint() {
     let err = match super::open_store("mysql://x").await {

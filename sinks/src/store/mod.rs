@@ -1,6 +1,7 @@
 //! The order store: a trait, and backends chosen by URL scheme.
 
 mod faults;
+mod scylla;
 mod sqlite;
 
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use async_trait::async_trait;
 use seckill_schemas::{OrderEvent, OrderView};
 
 pub use faults::FaultInjection;
+pub use scylla::ScyllaStore;
 pub use sqlite::SqliteStore;
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported store URL {0:?}: use sqlite://PATH (e.g. sqlite://data/orders.db)")]
+    #[error("unsupported store URL {0:?}: use sqlite://PATH (e.g. sqlite://data/orders.db) or scylla://HOST:9042[,HOST:9042]/KEYSPACE[?rf=N]")]
     Url(String),
     /// The backend could not be reached or timed out; trying again later may
     /// succeed.
@@ -63,13 +65,17 @@ pub trait OrderStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by `url`: `sqlite://PATH` (relative or absolute).
+/// Opens the store named by `url`: `sqlite://PATH` (relative or absolute) or
+/// `scylla://HOST:PORT[,HOST:PORT]/KEYSPACE[?rf=N]`.
 pub async fn open_store(url: &str) -> Result<Arc<dyn OrderStore>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(StoreError::Url(url.to_owned()));
         }
         return Ok(Arc::new(SqliteStore::open(path).await?));
+    }
+    if let Some(rest) = url.strip_prefix("scylla://") {
+        return Ok(Arc::new(ScyllaStore::open(rest).await?));
     }
     Err(StoreError::Url(url.to_owned()))
 }
