@@ -431,7 +431,12 @@ impl ReconcileCmd {
     }
 }
 
-fn write_metrics(path: &std::path::Path, campaign: &str, discrepancies: usize, repaired: bool) -> anyhow::Result<()> {
+fn write_metrics(
+    path: &std::path::Path,
+    campaign: &str,
+    discrepancies: usize,
+    repaired: bool,
+) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let found = prometheus::IntGaugeVec::new(
         prometheus::Opts::new(
@@ -441,13 +446,20 @@ fn write_metrics(path: &std::path::Path, campaign: &str, discrepancies: usize, r
         &["campaign"],
     )?;
     let fixed = prometheus::IntGaugeVec::new(
-        prometheus::Opts::new("seckill_reconcile_repaired", "1 when the last reconcile rewrote Redis"),
+        prometheus::Opts::new(
+            "seckill_reconcile_repaired",
+            "1 when the last reconcile rewrote Redis",
+        ),
         &["campaign"],
     )?;
     registry.register(Box::new(found.clone()))?;
     registry.register(Box::new(fixed.clone()))?;
-    found.with_label_values(&[campaign]).set(discrepancies as i64);
-    fixed.with_label_values(&[campaign]).set(i64::from(repaired));
+    found
+        .with_label_values(&[campaign])
+        .set(discrepancies as i64);
+    fixed
+        .with_label_values(&[campaign])
+        .set(i64::from(repaired));
     let mut text = String::new();
     prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

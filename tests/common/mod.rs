@@ -41,9 +41,14 @@ use rand::Rng;
 use seckill_schemas::runtime::KafkaSettings;
 use seckill_schemas::{KeyLayout, Topics};
 
+// Not every suite uses every helper.
+#[allow(unused_imports)]
 pub(crate) use http::{Api, CampaignArgs};
+#[allow(unused_imports)]
 pub(crate) use invariants::{check_campaign, Report};
+#[allow(unused_imports)]
 pub(crate) use kafka::{consume_topic, purchase_json, read_decisions, DecisionLog, Producer};
+#[allow(unused_imports)]
 pub(crate) use seckill::Seckill;
 
 /// Session timeout of every consumer group in the tests: a group (re)joins
@@ -284,52 +289,60 @@ impl Drop for Service {
     }
 }
 
+/// Spawns redis-server on `port` with its data in `dir/redis-<port>` and
+/// `extra` arguments after the defaults (so they override them), and waits
+/// until it answers PING (also while it loads its AOF).
+async fn spawn_redis(dir: &Path, port: u16, extra: &[String]) -> Result<Service, String> {
+    let bin = redis_bin();
+    let data = dir.join(format!("redis-{port}"));
+    std::fs::create_dir_all(&data).expect("create redis dir");
+    let log = dir.join(format!("redis-{port}.log"));
+    let child = command(&bin, &log)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(&data)
+        .args(extra)
+        .current_dir(&data)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+    let mut service = Service {
+        name: format!("redis-server :{port}"),
+        child,
+        log,
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = service.exited() {
+            return Err(format!(
+                "redis-server on {port} exited with {status}: {}",
+                log_tail(&service.log, 2000)
+            ));
+        }
+        if redis_ping(&url).await.is_ok() {
+            return Ok(service);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "redis-server on {port} did not answer PING in 20s: {}",
+                log_tail(&service.log, 2000)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Starts redis-server on a free loopback port, retrying with another port
 /// when the one picked was taken meanwhile.
-async fn start_redis(dir: &Path) -> (Service, u16) {
-    let bin = redis_bin();
+async fn start_redis(dir: &Path, extra: &[String]) -> (Service, u16) {
     let mut last_error = String::new();
     for attempt in 0..5 {
         let port = free_port();
-        let data = dir.join(format!("redis-{port}"));
-        std::fs::create_dir_all(&data).expect("create redis dir");
-        let log = dir.join(format!("redis-{port}.log"));
-        let child = command(&bin, &log)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(&data)
-            .current_dir(&data)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut service = Service {
-            name: format!("redis-server :{port}"),
-            child,
-            log,
-        };
-        let url = format!("redis://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = service.exited() {
-                last_error = format!(
-                    "redis-server (attempt {attempt}) exited with {status}: {}",
-                    log_tail(&service.log, 2000)
-                );
-                break;
-            }
-            if redis_ping(&url).await.is_ok() {
-                return (service, port);
-            }
-            if Instant::now() >= deadline {
-                last_error = format!(
-                    "redis-server on {port} did not answer PING in 20s: {}",
-                    log_tail(&service.log, 2000)
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match spawn_redis(dir, port, extra).await {
+            Ok(service) => return (service, port),
+            Err(e) => last_error = format!("attempt {attempt}: {e}"),
         }
-        drop(service);
     }
     panic!("could not start redis-server: {last_error}");
 }
@@ -438,16 +451,25 @@ pub(crate) struct Stack {
     pub(crate) topics: Topics,
     pub(crate) keys: KeyLayout,
     pub(crate) store_path: PathBuf,
+    /// Arguments redis-server was started with beyond the defaults.
+    redis_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
 impl Stack {
     pub(crate) async fn start() -> Stack {
+        Stack::start_with_redis_args(&[]).await
+    }
+
+    /// A stack whose redis-server gets `args` after the defaults, e.g.
+    /// `["--appendonly", "yes", "--appendfsync", "always"]`.
+    pub(crate) async fn start_with_redis_args(args: &[&str]) -> Stack {
+        let redis_args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let dir = tempfile::Builder::new()
             .prefix("seckill-e2e-")
             .tempdir()
             .expect("create temp dir");
-        let (redis, redis_port) = start_redis(dir.path()).await;
+        let (redis, redis_port) = start_redis(dir.path(), &redis_args).await;
         let (tansu, kafka_port) = start_tansu(dir.path()).await;
         let topic_prefix = format!("t{}", token(10));
         let key_prefix = format!("k{}", token(10));
@@ -462,8 +484,44 @@ impl Stack {
             topic_prefix,
             key_prefix,
             store_path,
+            redis_args,
             dir,
         }
+    }
+
+    /// Kills redis-server with SIGKILL (a crash: nothing flushed on the way
+    /// out) and starts it again on the same port with the same data
+    /// directory and arguments; returns once it answers PING.
+    pub(crate) async fn restart_redis(&mut self) {
+        self.kill_redis();
+        self.start_redis_again().await;
+    }
+
+    /// Kills redis-server with SIGKILL and leaves it down.
+    pub(crate) fn kill_redis(&mut self) {
+        let _ = self.redis.child.kill();
+        let _ = self.redis.child.wait();
+    }
+
+    /// Starts redis-server again after [`Stack::kill_redis`], on the same
+    /// port, with the same data directory and arguments.
+    pub(crate) async fn start_redis_again(&mut self) {
+        let mut last = String::new();
+        for _ in 0..20 {
+            match spawn_redis(self.dir.path(), self.redis_port, &self.redis_args).await {
+                Ok(service) => {
+                    self.redis = service;
+                    return;
+                }
+                // The old socket may linger for a moment.
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "could not restart redis-server on {}: {last}",
+            self.redis_port
+        );
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -548,6 +606,17 @@ impl Stack {
     /// Runs `seckill <args>` to completion (e.g. `topics create`) and panics
     /// unless it succeeds within `secs`.
     pub(crate) async fn seckill_run(&self, args: &[&str], extra: &[(&str, &str)], secs: u64) {
+        seckill::run_to_completion(self, args, extra, secs).await;
+    }
+
+    /// Runs `seckill <args>` to completion like [`Stack::seckill_run`] and
+    /// returns what it printed on stdout (stderr goes to its log).
+    pub(crate) async fn seckill_output(
+        &self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        secs: u64,
+    ) -> String {
         seckill::run_to_completion(self, args, extra, secs).await
     }
 }

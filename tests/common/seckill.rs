@@ -81,11 +81,22 @@ impl Seckill {
             metrics = Some(format!("http://{addr}"));
         }
         let name = format!("seckill {}", args.join(" "));
-        let log = stack.dir().join(format!(
-            "seckill-{}-{}.log",
-            args.join("-"),
-            super::token(4)
-        ));
+        // Arguments may hold paths: keep the file name a file name.
+        let mut stem: String = args
+            .join("-")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        stem.truncate(80);
+        let log = stack
+            .dir()
+            .join(format!("seckill-{stem}-{}.log", super::token(4)));
         Seckill {
             name,
             args: args.iter().map(|s| (*s).to_owned()).collect(),
@@ -250,15 +261,24 @@ impl Drop for Seckill {
 }
 
 /// Runs `seckill <args>` to completion; panics with its output unless it
-/// exits successfully within `secs`.
+/// exits successfully within `secs`. Returns its stdout (kept in a file
+/// next to its log); stderr goes to the log.
 pub(crate) async fn run_to_completion(
     stack: &Stack,
     args: &[&str],
     extra: &[(&str, &str)],
     secs: u64,
-) {
+) -> String {
     let mut s = Seckill::new(stack, args, extra);
-    s.start();
+    let out_path = s.log.with_extension("out");
+    let out = std::fs::File::create(&out_path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", out_path.display()));
+    s.incarnation += 1;
+    let child = seckill_command(&s.log, &s.args, &s.env, &s.cwd)
+        .stdout(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", s.name));
+    s.child = Some(child);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let status = loop {
         let child = s.child.as_mut().expect("started");
@@ -276,10 +296,12 @@ pub(crate) async fn run_to_completion(
         }
     };
     s.child = None;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     assert!(
         status.success(),
-        "{} failed with {status}; log:\n{}",
+        "{} failed with {status}; stdout:\n{stdout}\nlog:\n{}",
         s.name,
         s.log_tail(6000)
     );
+    stdout
 }
