@@ -267,7 +267,7 @@ async fn replay(
     group: &str,
     args: &ReplayArgs,
 ) -> anyhow::Result<()> {
-    let consumer = settings.group_consumer(group)?;
+    let consumer = settings.reader(group)?;
     // Where the last replay stopped, per partition.
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
     if !args.from_beginning {

@@ -289,8 +289,7 @@ impl ReconcileCmd {
         let topic = self.kafka.topics().orders;
 
         // The log, in order: a campaign's events all share its partition.
-        let consumer =
-            settings.plain_consumer(&format!("{topic}.reconcile-{}", uuid::Uuid::new_v4()))?;
+        let consumer = settings.reader(&format!("{topic}.reconcile-{}", uuid::Uuid::new_v4()))?;
         let mut record = Record::default();
         read_range(
             &consumer,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -33,7 +34,10 @@ pub(crate) fn watermarks(
 }
 
 /// Reads each partition from its start offset (`start(partition, low)`,
-/// never below `low`) up to the high watermark taken now, in order.
+/// never below `low`) to its end, in order. The end is where the broker
+/// says the partition ends (partition EOF), not the high watermark: some
+/// Kafka-compatible brokers report a watermark that stops short of the last
+/// record batch. `consumer` must come from [`KafkaSettings::reader`].
 pub(crate) async fn read_range(
     consumer: &StreamConsumer,
     topic: &str,
@@ -41,34 +45,27 @@ pub(crate) async fn read_range(
     mut each: impl FnMut(OwnedMessage) -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
-    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
-    for (p, low, high) in watermarks(consumer, topic)? {
-        let from = start(p, low).max(low);
-        if high > from {
-            tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
-            remaining.insert(p, high);
-        }
-    }
-    if remaining.is_empty() {
-        return Ok(());
+    let mut remaining: BTreeMap<i32, ()> = BTreeMap::new();
+    for (p, low, _) in watermarks(consumer, topic)? {
+        tpl.add_partition_offset(topic, p, Offset::Offset(start(p, low).max(low)))?;
+        remaining.insert(p, ());
     }
     consumer.assign(&tpl)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !remaining.is_empty() {
-        let m = tokio::time::timeout_at(deadline, consumer.recv())
+        let next = tokio::time::timeout_at(deadline, consumer.recv())
             .await
-            .with_context(|| format!("reading {topic} took over 60 s; is the broker healthy?"))?
-            .with_context(|| format!("reading {topic}"))?
-            .detach();
-        let (p, off) = (m.partition(), m.offset());
-        let Some(end) = remaining.get(&p).copied() else {
-            continue;
-        };
-        if off + 1 >= end {
-            remaining.remove(&p);
-        }
-        if off < end && !each(m)? {
-            return Ok(());
+            .with_context(|| format!("reading {topic} took over 120 s; is the broker healthy?"))?;
+        match next {
+            Ok(m) => {
+                if remaining.contains_key(&m.partition()) && !each(m.detach())? {
+                    return Ok(());
+                }
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                remaining.remove(&p);
+            }
+            Err(e) => bail!("reading {topic}: {e}"),
         }
     }
     Ok(())
@@ -78,7 +75,7 @@ pub(crate) async fn read_all(
     settings: &KafkaSettings,
     topic: &str,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
-    let consumer = settings.plain_consumer(&format!("{topic}.reader-{}", uuid::Uuid::new_v4()))?;
+    let consumer = settings.reader(&format!("{topic}.reader-{}", uuid::Uuid::new_v4()))?;
     let mut all = Vec::new();
     read_range(
         &consumer,

@@ -72,6 +72,19 @@ impl KafkaSettings {
         self.base().create()
     }
 
+    /// A consumer for tools that read partitions to their end: assigned by
+    /// hand, told when a partition's end is reached, committing only what
+    /// the caller stores and commits.
+    pub fn reader(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+        self.base()
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "5")
+            .create()
+    }
+
     /// A consumer that is assigned partitions by hand and never commits
     /// (listeners, tools). librdkafka wants a group id even so.
     pub fn plain_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {

@@ -1,3 +1,4 @@
+use crate::{order_id_for, OrderEvent};
 use crate::{
     CampaignAction, CampaignKind, CampaignSpec, PurchaseRequested, RequestEvent, SCHEMA_VERSION,
 };
@@ -216,6 +217,31 @@ impl RequestEvent {
             }
             Self::ExpireDue(_) => Ok(()),
         }
+    }
+}
+
+impl OrderEvent {
+    /// Checks an orders-topic event before a sink stores it: ids well
+    /// formed, the order id the one derived from its request, a real
+    /// quantity.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_request_id(self.request_id())?;
+        if let Some((_, r)) = self.order_state() {
+            validate_campaign_id(r.campaign_id)?;
+            validate_user_id(r.user_id)?;
+            validate_quantity(r.quantity)?;
+            validate_request_id(r.purchase_request_id)?;
+            if r.order_id != order_id_for(r.purchase_request_id) {
+                return Err(invalid(
+                    "order_id",
+                    format!(
+                        "{:?} is not the order id of request {:?}",
+                        r.order_id, r.purchase_request_id
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -29,9 +29,22 @@ pub(crate) fn classify(error: &StoreError) -> ErrorClass {
     }
 }
 
-pub(crate) fn parse(message: &OwnedMessage) -> Result<OrderEvent, String> {
-    let payload = message.payload().ok_or("empty payload")?;
-    serde_json::from_slice(payload).map_err(|e| format!("invalid JSON order event: {e}"))
+/// Reads an order event; an unreadable one is `unparseable`, a readable
+/// but invalid one `permanent` (both go to the DLQ at once).
+pub(crate) fn parse(message: &OwnedMessage) -> Result<OrderEvent, (ErrorClass, String)> {
+    let payload = message
+        .payload()
+        .ok_or_else(|| (ErrorClass::Unparseable, "empty payload".to_owned()))?;
+    let event: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
+        (
+            ErrorClass::Unparseable,
+            format!("invalid JSON order event: {e}"),
+        )
+    })?;
+    event
+        .validate()
+        .map_err(|e| (ErrorClass::Permanent, format!("invalid order event: {e}")))?;
+    Ok(event)
 }
 
 /// The delivery an event asks for: a payment, or a free prize won.
@@ -66,8 +79,8 @@ impl Sink {
                     events.push(e);
                     messages.push(m);
                 }
-                Err(reason) => {
-                    if !self.fail(m, ErrorClass::Unparseable, &reason, 0).await {
+                Err((class, reason)) => {
+                    if !self.fail(m, class, &reason, 0).await {
                         return false;
                     }
                 }

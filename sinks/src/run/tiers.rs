@@ -10,7 +10,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
 use seckill_schemas::now_ms;
-use seckill_schemas::runtime::{header_i64, headers, store_done, ErrorClass};
+use seckill_schemas::runtime::{header_i64, headers, store_done};
 
 use super::handler::{parse, Sink};
 
@@ -85,10 +85,7 @@ pub(super) async fn run(sink: Arc<Sink>, tier: usize, consumer: StreamConsumer) 
         }
         let done = match parse(&message) {
             Ok(event) => sink.apply_one(&message, &event, tier).await,
-            Err(reason) => {
-                sink.fail(&message, ErrorClass::Unparseable, &reason, tier)
-                    .await
-            }
+            Err((class, reason)) => sink.fail(&message, class, &reason, tier).await,
         };
         if !done {
             break;
