@@ -484,13 +484,14 @@ async fn produce_exact(
 
 /// A `reserved` event for a made-up order of a made-up campaign: put last
 /// on a partition, its arrival in the store says the sink got that far.
-fn sentinel_event(order_id: &str) -> Vec<u8> {
+/// Its order id is the one derived from its request id, as the sink checks.
+fn sentinel_event(request_id: &str) -> Vec<u8> {
     let now = now_ms();
     serde_json::to_vec(&json!({
         "type": "reserved",
         "schema_version": 1,
-        "request_id": format!("sentinel-{order_id}"),
-        "order_id": order_id,
+        "request_id": request_id,
+        "order_id": seckill_schemas::order_id_for(request_id),
         "campaign_id": "zz-sentinel",
         "user_id": "sentinel",
         "quantity": 1,
@@ -511,9 +512,13 @@ async fn append_sentinels(
     let mut ids = Vec::new();
     let mut messages = Vec::new();
     for p in partitions {
-        let id = format!("sentinel-{p}-{}", token(8));
-        messages.push((*p, Some(b"zz-sentinel".to_vec()), sentinel_event(&id)));
-        ids.push(id);
+        let request_id = format!("sentinel-{p}-{}", token(8));
+        messages.push((
+            *p,
+            Some(b"zz-sentinel".to_vec()),
+            sentinel_event(&request_id),
+        ));
+        ids.push(seckill_schemas::order_id_for(&request_id));
     }
     produce_exact(producer, topic, &messages).await;
     ids
