@@ -53,8 +53,16 @@ impl KafkaSettings {
     /// stores offsets once the work for them is done (at-least-once).
     pub fn group_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
         let heartbeat = (self.session_timeout_ms / 3).max(100);
+        // The rebalance timeout a member announces is its max poll interval.
+        // Some coordinators (tansu) hold a rebalance until every old member
+        // rejoins or this timeout passes, so a member killed with SIGKILL
+        // would block its successor for the default 5 minutes. The loops
+        // here poll every few milliseconds, so a short interval costs
+        // nothing.
+        let max_poll = (self.session_timeout_ms * 3).max(20_000);
         self.base()
             .set("group.id", group_id)
+            .set("max.poll.interval.ms", max_poll.to_string())
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "200")
             .set("enable.auto.offset.store", "false")
