@@ -120,12 +120,7 @@ pub(crate) fn spawn(
                     request_id: r.request_id.clone(),
                     order_id: r.order_id.clone(),
                     accepted: false,
-                    status: match r.reason.as_str() {
-                        "already_paid" => Some(OrderStatus::Paid),
-                        "cancelled" => Some(OrderStatus::Cancelled),
-                        "expired" => Some(OrderStatus::Expired),
-                        _ => None,
-                    },
+                    status: OrderStatus::after_refusal(&r.reason),
                     reason: Some(r.reason.clone()),
                 }),
                 // An expiry caused by a late pay is followed by the pay's

@@ -238,12 +238,7 @@ pub(crate) fn translate(
                         decided_at_ms,
                     } => {
                         result.accepted = false;
-                        result.status = match reason.as_str() {
-                            "already_paid" => Some(OrderStatus::Paid),
-                            "cancelled" => Some(OrderStatus::Cancelled),
-                            "expired" => Some(OrderStatus::Expired),
-                            _ => None,
-                        };
+                        result.status = OrderStatus::after_refusal(&reason);
                         result.reason = Some(reason.clone());
                         out.events
                             .push(OrderEvent::OrderCommandRejected(OrderCommandRejected {

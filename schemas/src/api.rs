@@ -126,6 +126,17 @@ impl OrderStatus {
         }
     }
 
+    /// The status an order must be in for a pay or cancel to be refused
+    /// with `reason` (`already_paid`, `cancelled`, `expired`), if it says.
+    pub fn after_refusal(reason: &str) -> Option<Self> {
+        match reason {
+            "already_paid" => Some(Self::Paid),
+            "cancelled" => Some(Self::Cancelled),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+
     /// Statuses only move to a higher rank.
     pub fn rank(self) -> i64 {
         match self {

@@ -28,6 +28,16 @@ pub enum AwardType {
     Physical,
 }
 
+impl AwardType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Virtual => "virtual",
+            Self::Coupon => "coupon",
+            Self::Physical => "physical",
+        }
+    }
+}
+
 /// What a draw does when the band it lands in belongs to a sold-out prize.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]

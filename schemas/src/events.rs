@@ -222,6 +222,19 @@ impl OrderEvent {
         }
     }
 
+    /// The campaign whose reset this event announces, if it is an applied
+    /// reset (stores then forget the campaign's orders).
+    pub fn reset_campaign(&self) -> Option<&str> {
+        match self {
+            Self::CampaignApplied(a)
+                if a.action == "reset" && a.outcome == CampaignOutcome::Applied =>
+            {
+                Some(&a.campaign_id)
+            }
+            _ => None,
+        }
+    }
+
     /// The order state this event puts an order in, with the order's data.
     pub fn order_state(&self) -> Option<(OrderStatus, OrderRow<'_>)> {
         let (status, row) = match self {

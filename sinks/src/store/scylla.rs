@@ -13,7 +13,7 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
-use seckill_schemas::{AwardType, CampaignOutcome, OrderEvent, OrderView};
+use seckill_schemas::{OrderEvent, OrderView};
 
 use super::{OrderFilter, OrderStore, StoreError};
 
@@ -52,14 +52,6 @@ pub struct ScyllaStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-fn award_name(a: AwardType) -> &'static str {
-    match a {
-        AwardType::Virtual => "virtual",
-        AwardType::Coupon => "coupon",
-        AwardType::Physical => "physical",
-    }
 }
 
 fn view(r: OrderRowTuple) -> OrderView {
@@ -202,10 +194,8 @@ impl ScyllaStore {
 impl OrderStore for ScyllaStore {
     async fn apply(&self, events: &[OrderEvent]) -> Result<(), StoreError> {
         for e in events {
-            if let OrderEvent::CampaignApplied(a) = e {
-                if a.action == "reset" && a.outcome == CampaignOutcome::Applied {
-                    self.reset(&a.campaign_id).await?;
-                }
+            if let Some(campaign_id) = e.reset_campaign() {
+                self.reset(campaign_id).await?;
                 continue;
             }
             let Some((status, r)) = e.order_state() else {
@@ -229,7 +219,7 @@ impl OrderStore for ScyllaStore {
                         r.expires_at_ms,
                         r.prize_id,
                         r.item_name,
-                        award_name(r.award_type),
+                        r.award_type.as_str(),
                     ),
                 )
                 .await

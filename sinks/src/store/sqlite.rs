@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use seckill_schemas::{AwardType, CampaignOutcome, OrderEvent, OrderView};
+use seckill_schemas::{OrderEvent, OrderView};
 
 use super::{OrderFilter, OrderStore, StoreError};
 
@@ -104,14 +104,6 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn award_name(a: AwardType) -> &'static str {
-    match a {
-        AwardType::Virtual => "virtual",
-        AwardType::Coupon => "coupon",
-        AwardType::Physical => "physical",
-    }
-}
-
 fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderView> {
     Ok(OrderView {
         order_id: row.get(0)?,
@@ -182,14 +174,12 @@ impl OrderStore for SqliteStore {
             {
                 let mut upsert = tx.prepare_cached(UPSERT).map_err(unavailable)?;
                 for e in &events {
-                    if let OrderEvent::CampaignApplied(a) = e {
-                        if a.action == "reset" && a.outcome == CampaignOutcome::Applied {
-                            tx.execute(
-                                "DELETE FROM orders WHERE campaign_id = ?1",
-                                params![a.campaign_id],
-                            )
-                            .map_err(unavailable)?;
-                        }
+                    if let Some(campaign_id) = e.reset_campaign() {
+                        tx.execute(
+                            "DELETE FROM orders WHERE campaign_id = ?1",
+                            params![campaign_id],
+                        )
+                        .map_err(unavailable)?;
                         continue;
                     }
                     let Some((status, r)) = e.order_state() else {
@@ -210,7 +200,7 @@ impl OrderStore for SqliteStore {
                             r.expires_at_ms,
                             r.prize_id,
                             r.item_name,
-                            award_name(r.award_type),
+                            r.award_type.as_str(),
                         ])
                         .map_err(unavailable)?;
                 }
