@@ -714,7 +714,12 @@ async fn processor_sigkilled_mid_stream_and_restarted_no_duplicates_every_reques
         decided_at_kill < REQUESTS,
         "the processor decided everything before the kill; the test needs a longer stream"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Restarted a few seconds later, as an orchestrator would. This delay
+    // also lands the new member in a window in which tansu 0.6 expels the
+    // dead leader between the newcomer's JoinGroup and SyncGroup and then
+    // settles a generation that gives the newcomer nothing; the processor
+    // must notice that and rejoin (runtime::watch_assignment).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     processor.restart().await;
     within(300, "produce the stream", stream_task)
         .await

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use rdkafka::admin::AdminOptions;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use seckill_schemas::runtime::KafkaConsumer;
 use serde_json::json;
 
 use seckill_schemas::now_ms;
@@ -370,7 +371,7 @@ async fn replay(
     Ok(())
 }
 
-fn store(consumer: &StreamConsumer, topic: &str, m: &OwnedMessage) -> anyhow::Result<()> {
+fn store(consumer: &KafkaConsumer, topic: &str, m: &OwnedMessage) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, m.partition(), Offset::Offset(m.offset() + 1))?;
     consumer.store_offsets(&tpl)?;

@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use seckill_schemas::runtime::KafkaConsumer;
 
 use seckill_schemas::runtime::KafkaSettings;
 
 /// Partitions of `topic` with their (low, high) watermarks.
 pub(crate) fn watermarks(
-    consumer: &StreamConsumer,
+    consumer: &KafkaConsumer,
     topic: &str,
 ) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let md = consumer
@@ -39,7 +40,7 @@ pub(crate) fn watermarks(
 /// Kafka-compatible brokers report a watermark that stops short of the last
 /// record batch. `consumer` must come from [`KafkaSettings::reader`].
 pub(crate) async fn read_range(
-    consumer: &StreamConsumer,
+    consumer: &KafkaConsumer,
     topic: &str,
     start: impl Fn(i32, i64) -> i64,
     mut each: impl FnMut(OwnedMessage) -> anyhow::Result<bool>,

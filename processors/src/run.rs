@@ -74,6 +74,13 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         })
     };
 
+    let watch = seckill_schemas::runtime::watch_assignment(
+        Arc::clone(&consumer),
+        config.group_id.clone(),
+        config.topics.requests.clone(),
+        Duration::from_millis(config.kafka.session_timeout_ms.into()),
+        cancel.clone(),
+    );
     let sweeper = tokio::spawn(crate::sweep::run(
         Arc::clone(&worker),
         Arc::clone(&consumer),
@@ -103,6 +110,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     }
     drop(to_settle);
     sweeper.abort();
+    watch.abort();
     if let Err(e) = settler.await {
         tracing::error!(error = %e, "settling task failed");
     }

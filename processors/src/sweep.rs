@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
+use seckill_schemas::runtime::KafkaConsumer;
 use tokio_util::sync::CancellationToken;
 
 use seckill_schemas::{ExpireDue, RequestEvent, SCHEMA_VERSION};
@@ -19,7 +20,7 @@ use crate::run::Worker;
 
 pub(crate) async fn run(
     worker: Arc<Worker>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<KafkaConsumer>,
     cancel: CancellationToken,
 ) {
     let interval = Duration::from_millis(worker.config().expiry_interval_ms.max(50));

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -14,6 +15,56 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::Topics;
+
+/// Every consumer a role creates: librdkafka's own log lines and the
+/// group's rebalances go to the role's log, so "which member holds which
+/// partition" can be read off the logs during an incident.
+pub type KafkaConsumer = StreamConsumer<RoleContext>;
+
+/// The client context of [`KafkaConsumer`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RoleContext;
+
+impl ClientContext for RoleContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "librdkafka: {reason}");
+    }
+}
+
+impl ConsumerContext for RoleContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let list = |tpl: &TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = %list(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
 
 /// How to reach the broker; shared by every client a role creates.
 #[derive(Debug, Clone)]
@@ -51,7 +102,7 @@ impl KafkaSettings {
 
     /// A group consumer that never stores an offset by itself: the caller
     /// stores offsets once the work for them is done (at-least-once).
-    pub fn group_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    pub fn group_consumer(&self, group_id: &str) -> Result<KafkaConsumer, KafkaError> {
         let heartbeat = (self.session_timeout_ms / 3).max(100);
         // The rebalance timeout a member announces is its max poll interval.
         // Some coordinators (tansu) hold a rebalance until every old member
@@ -72,7 +123,7 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", "5")
             .set("fetch.min.bytes", "1")
             .set("enable.partition.eof", "false")
-            .create()
+            .create_with_context(RoleContext)
     }
 
     /// An admin client (topic creation, record deletion).
@@ -83,26 +134,26 @@ impl KafkaSettings {
     /// A consumer for tools that read partitions to their end: assigned by
     /// hand, told when a partition's end is reached, committing only what
     /// the caller stores and commits.
-    pub fn reader(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    pub fn reader(&self, group_id: &str) -> Result<KafkaConsumer, KafkaError> {
         self.base()
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "5")
-            .create()
+            .create_with_context(RoleContext)
     }
 
     /// A consumer that is assigned partitions by hand and never commits
     /// (listeners, tools). librdkafka wants a group id even so.
-    pub fn plain_consumer(&self, group_id: &str) -> Result<StreamConsumer, KafkaError> {
+    pub fn plain_consumer(&self, group_id: &str) -> Result<KafkaConsumer, KafkaError> {
         self.base()
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "5")
             .set("enable.partition.eof", "false")
-            .create()
+            .create_with_context(RoleContext)
     }
 }
 
@@ -145,11 +196,137 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+static GROUP_REJOINS: std::sync::LazyLock<prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        prometheus::register_int_counter_vec!(
+            "seckill_group_rejoins_total",
+            "Times a member left and rejoined its consumer group because the group \
+             settled without giving it a partition although partitions were unowned",
+            &["group"]
+        )
+        .expect("metric registered once")
+    });
+
+/// Keeps a group member from idling in a group that settled wrongly.
+///
+/// A coordinator can settle a generation in which this member holds no
+/// partition although the group has no more members than the topic has
+/// partitions, so some partition has no owner and its messages wait
+/// forever. tansu 0.6 does this when the leader of the previous generation
+/// died (SIGKILL) and is expelled between a follower's JoinGroup and its
+/// SyncGroup: the follower's empty SyncGroup is taken as the leader's plan.
+/// No assignor leaves a member empty while members <= partitions, so the
+/// state is unambiguous; the member then leaves and rejoins the group,
+/// which makes it the leader of a fresh generation.
+///
+/// Checks every half `session_timeout`; acts once the member has held
+/// nothing for a whole session timeout (far longer than a rebalance takes)
+/// and the coordinator calls the group stable.
+pub fn watch_assignment(
+    consumer: std::sync::Arc<KafkaConsumer>,
+    group: String,
+    topic: String,
+    session_timeout: Duration,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (every, settle) = (session_timeout / 2, session_timeout);
+        let mut empty_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let holds = consumer.assignment().map(|a| a.count() > 0).unwrap_or(true);
+            if holds {
+                empty_since = None;
+                continue;
+            }
+            let since = *empty_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < settle {
+                continue;
+            }
+            let probe = {
+                let (consumer, group, topic) = (
+                    std::sync::Arc::clone(&consumer),
+                    group.clone(),
+                    topic.clone(),
+                );
+                tokio::task::spawn_blocking(move || group_view(&consumer, &group, &topic)).await
+            };
+            let view = match probe {
+                Ok(Ok(view)) => view,
+                Ok(Err(e)) => {
+                    tracing::debug!(%group, error = %e, "could not describe the group");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if !view.stranded() {
+                continue;
+            }
+            tracing::warn!(
+                %group, %topic,
+                members = view.members, partitions = view.partitions,
+                "the group settled without giving this member a partition although \
+                 some partition has no owner; leaving and rejoining"
+            );
+            GROUP_REJOINS.with_label_values(&[group.as_str()]).inc();
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
+                tracing::error!(%group, %topic, error = %e, "could not resubscribe");
+            }
+            empty_since = None;
+        }
+    })
+}
+
+/// What the coordinator says of a group, as far as [`watch_assignment`]
+/// needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GroupView {
+    stable: bool,
+    members: usize,
+    partitions: usize,
+}
+
+impl GroupView {
+    /// A stable group with no more members than partitions, seen by a
+    /// member that holds nothing: some partition is unowned.
+    fn stranded(&self) -> bool {
+        self.stable && self.members > 0 && self.members <= self.partitions
+    }
+}
+
+fn group_view(consumer: &KafkaConsumer, group: &str, topic: &str) -> Result<GroupView, KafkaError> {
+    let timeout = Duration::from_secs(5);
+    let groups = consumer.fetch_group_list(Some(group), timeout)?;
+    let Some(info) = groups.groups().iter().find(|g| g.name() == group) else {
+        return Ok(GroupView {
+            stable: false,
+            members: 0,
+            partitions: 0,
+        });
+    };
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    Ok(GroupView {
+        stable: info.state().eq_ignore_ascii_case("stable"),
+        members: info.members().len(),
+        partitions,
+    })
+}
+
 /// Reads up to `max` messages: waits for the first one as long as it takes
 /// (or until `cancel`), then at most `max_wait` for the rest. Returns an
 /// empty batch only when cancelled.
 pub async fn recv_batch(
-    consumer: &StreamConsumer,
+    consumer: &KafkaConsumer,
     max: usize,
     max_wait: Duration,
     cancel: &CancellationToken,
@@ -176,7 +353,7 @@ pub async fn recv_batch(
 /// The next batch for a role's main loop: like [`recv_batch`], but a read
 /// error is logged and retried after a pause. `None` once `cancel` fires.
 pub async fn next_batch(
-    consumer: &StreamConsumer,
+    consumer: &KafkaConsumer,
     max: usize,
     max_wait: Duration,
     cancel: &CancellationToken,
@@ -218,7 +395,7 @@ pub fn next_offsets(messages: &[OwnedMessage]) -> TopicPartitionList {
 /// Stores the offsets after `messages`. A partition revoked in a rebalance
 /// refuses its store; its new owner redelivers, which the idempotent work
 /// absorbs, so that is logged, not fatal.
-pub fn store_done(consumer: &StreamConsumer, messages: &[OwnedMessage]) {
+pub fn store_done(consumer: &KafkaConsumer, messages: &[OwnedMessage]) {
     if messages.is_empty() {
         return;
     }
@@ -413,4 +590,33 @@ pub async fn broker_reachable(producer: &FutureProducer) -> Result<(), KafkaErro
     })
     .await
     .unwrap_or(Err(KafkaError::Canceled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupView;
+
+    fn view(stable: bool, members: usize, partitions: usize) -> GroupView {
+        GroupView {
+            stable,
+            members,
+            partitions,
+        }
+    }
+
+    #[test]
+    fn an_empty_member_of_a_stable_group_with_spare_partitions_is_stranded() {
+        assert!(view(true, 1, 2).stranded());
+        assert!(view(true, 2, 2).stranded());
+    }
+
+    #[test]
+    fn more_members_than_partitions_or_a_rebalance_in_progress_is_not_stranded() {
+        // Some member legitimately idles when members outnumber partitions.
+        assert!(!view(true, 3, 2).stranded());
+        // Mid-rebalance an empty assignment is normal.
+        assert!(!view(false, 1, 2).stranded());
+        // A topic the broker does not know (yet) has no partition to own.
+        assert!(!view(true, 1, 0).stranded());
+    }
 }

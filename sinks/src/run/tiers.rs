@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use seckill_schemas::runtime::KafkaConsumer;
 
 use seckill_schemas::now_ms;
 use seckill_schemas::runtime::{header_i64, headers, store_done};
@@ -20,7 +21,7 @@ fn one(topic: &str, partition: i32) -> TopicPartitionList {
     tpl
 }
 
-pub(super) async fn run(sink: Arc<Sink>, tier: usize, consumer: StreamConsumer) {
+pub(super) async fn run(sink: Arc<Sink>, tier: usize, consumer: Arc<KafkaConsumer>) {
     // (topic, partition) -> when its held message is due (unix ms).
     let mut held: HashMap<(String, i32), i64> = HashMap::new();
     loop {
