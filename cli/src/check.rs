@@ -8,13 +8,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use redis::aio::ConnectionManager;
 use seckill_schemas::runtime::KafkaSettings;
 use seckill_schemas::{
@@ -228,50 +224,20 @@ impl OrderLog {
 /// ListOffsets(latest) with the base offset of the last record batch + 1,
 /// which hides every record after the first of a multi-record batch.
 pub async fn read_order_log(settings: &KafkaSettings, topic: &str) -> anyhow::Result<OrderLog> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .set(
-            "group.id",
-            format!("{topic}.checker-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "5")
-        .set("log_level", "3")
-        .create()
+    let consumer = settings
+        .reader(&format!("{topic}.checker-{}", uuid::Uuid::new_v4()))
         .context("creating the checker's consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("reading metadata of {topic}"))?;
-    let mut tpl = TopicPartitionList::new();
-    let mut remaining: BTreeSet<i32> = BTreeSet::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-            remaining.insert(p.id());
-        }
-    }
-    anyhow::ensure!(!remaining.is_empty(), "topic {topic} has no partitions");
-    consumer.assign(&tpl)?;
     let mut log = OrderLog::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while !remaining.is_empty() {
-        match tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .with_context(|| format!("reading {topic} took over 120 s"))?
-        {
-            Ok(m) => {
-                if remaining.contains(&m.partition()) {
-                    log.add(m.payload().unwrap_or_default());
-                }
-            }
-            Err(KafkaError::PartitionEOF(p)) => {
-                remaining.remove(&p);
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {topic}")),
-        }
-    }
+    crate::topic::read_range(
+        &consumer,
+        topic,
+        |_, low| low,
+        |m| {
+            log.add(m.payload().unwrap_or_default());
+            Ok(true)
+        },
+    )
+    .await?;
     Ok(log)
 }
 

@@ -19,7 +19,7 @@ use seckill_schemas::now_ms;
 use seckill_schemas::runtime::{forward, header_i64, header_str, headers, KafkaSettings};
 
 use crate::args::KafkaArgs;
-use crate::topic::{read_all, read_range, watermarks};
+use seckill_cli::topic::{read_all, read_range, watermarks};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Source {

@@ -2,3 +2,4 @@
 //! too (the invariant checker).
 
 pub mod check;
+pub mod topic;

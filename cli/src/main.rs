@@ -6,7 +6,6 @@ mod bench;
 mod dlq;
 mod reconcile;
 mod roles;
-mod topic;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

@@ -17,7 +17,7 @@ use seckill_schemas::{
 };
 
 use crate::args::{KafkaArgs, RedisArgs, StoreArgs};
-use crate::topic::read_range;
+use seckill_cli::topic::read_range;
 
 #[derive(Debug, Args)]
 pub(crate) struct ReconcileCmd {

@@ -14,10 +14,7 @@ use seckill_schemas::runtime::KafkaConsumer;
 use seckill_schemas::runtime::KafkaSettings;
 
 /// Partitions of `topic` with their (low, high) watermarks.
-pub(crate) fn watermarks(
-    consumer: &KafkaConsumer,
-    topic: &str,
-) -> anyhow::Result<Vec<(i32, i64, i64)>> {
+pub fn watermarks(consumer: &KafkaConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("reading metadata of {topic} (is the broker running?)"))?;
@@ -39,7 +36,7 @@ pub(crate) fn watermarks(
 /// says the partition ends (partition EOF), not the high watermark: some
 /// Kafka-compatible brokers report a watermark that stops short of the last
 /// record batch. `consumer` must come from [`KafkaSettings::reader`].
-pub(crate) async fn read_range(
+pub async fn read_range(
     consumer: &KafkaConsumer,
     topic: &str,
     start: impl Fn(i32, i64) -> i64,
@@ -72,10 +69,7 @@ pub(crate) async fn read_range(
     Ok(())
 }
 
-pub(crate) async fn read_all(
-    settings: &KafkaSettings,
-    topic: &str,
-) -> anyhow::Result<Vec<OwnedMessage>> {
+pub async fn read_all(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer = settings.reader(&format!("{topic}.reader-{}", uuid::Uuid::new_v4()))?;
     let mut all = Vec::new();
     read_range(
