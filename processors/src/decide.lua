@@ -56,6 +56,47 @@ local d_total, d_avail, d_res, d_paid = 0, 0, 0, 0
 local pstock = nil
 local pdirty = {}
 local stats = {}
+-- Request records (KEYS[4]) and users' holdings (KEYS[3]) are read in bulk
+-- before the first operation and request records written in bulk after the
+-- last: one Redis call each instead of one or two per operation.
+-- prior[r]: the stored answer, false = none; nil once a reset wiped them.
+local prior = {}
+-- Answers decided in this call, by request id (also the ones to write).
+local answered = {}
+local answer_writes = {}
+-- held[u]: units user u holds; nil = not read yet.
+local held = {}
+
+local function hmget_into(key, names, into, convert)
+  local chunk = 500
+  for s = 1, #names, chunk do
+    local e = math.min(s + chunk - 1, #names)
+    local vals = redis.call('HMGET', key, unpack(names, s, e))
+    for j = s, e do
+      into[names[j]] = convert(vals[j - s + 1])
+    end
+  end
+end
+
+local function get_held(u)
+  local h = held[u]
+  if h == nil then
+    h = tonumber(redis.call('HGET', KEYS[3], u) or '0')
+    held[u] = h
+  end
+  return h
+end
+
+-- Changes what user u holds; a user who holds nothing any more leaves the
+-- hash, so its size is the number of users holding units.
+local function add_held(u, delta)
+  local h = redis.call('HINCRBY', KEYS[3], u, delta)
+  if h <= 0 then
+    redis.call('HDEL', KEYS[3], u)
+    h = 0
+  end
+  held[u] = h
+end
 
 local function load_meta()
   local v = redis.call('HMGET', KEYS[1], 'limit', 'start', 'end', 'timeout', 'price', 'closed',
@@ -174,8 +215,7 @@ local function purchase(op)
       return decision('limit_exceeded', 'max_attempts')
     end
   end
-  local held = tonumber(redis.call('HGET', KEYS[3], op.u) or '0')
-  if held + q > meta.limit then
+  if get_held(op.u) + q > meta.limit then
     if meta.limit == 1 then
       return decision('duplicate', 'already_bought')
     end
@@ -203,7 +243,7 @@ local function purchase(op)
   end
   available = available - q
   d_avail = d_avail - q
-  redis.call('HINCRBY', KEYS[3], op.u, q)
+  add_held(op.u, q)
   local confirmed = prize ~= nil and tonumber(price) == 0
   local expires = now + meta.timeout * 1000
   local state = 'reserved'
@@ -298,6 +338,9 @@ local function reset()
   end
   available, pstock, pdirty, stats = nil, nil, {}, {}
   d_total, d_avail, d_res, d_paid = 0, 0, 0, 0
+  -- Every recorded request and holding is gone, including the answers of
+  -- this call not written yet.
+  prior, answered, answer_writes, held = nil, {}, {}, {}
   return campaign('applied')
 end
 
@@ -330,11 +373,7 @@ local function release(id, o, to)
   available = available + o.q
   d_avail = d_avail + o.q
   d_res = d_res - o.q
-  -- A user who holds nothing any more leaves the hash, so its size is the
-  -- number of users holding units.
-  if redis.call('HINCRBY', KEYS[3], o.user, -o.q) <= 0 then
-    redis.call('HDEL', KEYS[3], o.user)
-  end
+  add_held(o.user, -o.q)
   if o.prize ~= '' and get_meta() then
     move_prize(o.prize, o.q)
   end
@@ -401,6 +440,30 @@ local handlers = {
   n = function(op) return order_command(op, false) end,
 }
 
+do
+  local rids, users, seen_r, seen_u = {}, {}, {}, {}
+  for _, op in ipairs(ops) do
+    if op.t ~= 'x' and op.t ~= 'k' and not seen_r[op.r] then
+      seen_r[op.r] = true
+      rids[#rids + 1] = op.r
+    end
+    if op.t == 'p' and op.u and not seen_u[op.u] then
+      seen_u[op.u] = true
+      users[#users + 1] = op.u
+    end
+  end
+  hmget_into(KEYS[4], rids, prior, function(v) return v or false end)
+  hmget_into(KEYS[3], users, held, function(v) return tonumber(v or '0') end)
+end
+
+local function recorded(r)
+  local a = answered[r]
+  if a then
+    return a
+  end
+  return prior and prior[r] or nil
+end
+
 for i, op in ipairs(ops) do
   if op.t == 'x' then
     -- Not recorded: an expiry sweep is not a client request, and running it
@@ -410,9 +473,9 @@ for i, op in ipairs(ops) do
     -- Not recorded either: a reset forgets every recorded request.
     out[i] = reset()
   else
-    local prior = redis.call('HGET', KEYS[4], op.r)
-    if prior then
-      out[i] = prior
+    local known = recorded(op.r)
+    if known then
+      out[i] = known
     else
       local handler = handlers[op.t]
       local r
@@ -421,7 +484,9 @@ for i, op in ipairs(ops) do
       else
         r = refused('unknown_operation')
       end
-      redis.call('HSET', KEYS[4], op.r, r)
+      answered[op.r] = r
+      answer_writes[#answer_writes + 1] = op.r
+      answer_writes[#answer_writes + 1] = r
       if op.t == 'p' then
         local status = string.match(r, '^d|([^|]*)|')
         stats[status] = (stats[status] or 0) + 1
@@ -431,6 +496,9 @@ for i, op in ipairs(ops) do
   end
 end
 
+for s = 1, #answer_writes, 1000 do
+  redis.call('HSET', KEYS[4], unpack(answer_writes, s, math.min(s + 999, #answer_writes)))
+end
 if d_total ~= 0 then
   redis.call('HINCRBY', KEYS[2], 'total', d_total)
 end

@@ -26,10 +26,11 @@ const PIPELINE_DEPTH: usize = 4;
 /// Runs one processor until `cancel` fires; the batches in hand when it
 /// fires are finished and their offsets committed before this returns.
 ///
-/// Two stages overlap: this loop reads a batch, decides it and hands the
-/// produced events to a settling task, then reads the next batch while the
-/// broker acknowledges the previous one. The settling task stores a batch's
-/// offsets only once every event of it is acknowledged, in batch order.
+/// Three stages overlap: this loop reads a batch and decides it (Redis);
+/// an emitting task turns the previous batch's answers into events, writes
+/// their lookups and hands the events to the producer; a settling task
+/// stores a batch's offsets only once every event of it is acknowledged,
+/// in batch order.
 pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(), ProcessorError> {
     let kafka_err = |source| ProcessorError::Kafka {
         brokers: config.kafka.brokers.clone(),
@@ -60,6 +61,22 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     tracing::info!(topic = %config.topics.requests, group = %config.group_id, "processor started");
 
     let (to_settle, mut settling) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);
+    // Deciding batch N+1 (Redis) overlaps with emitting batch N (events
+    // built, lookups written, handed to the producer) in this task.
+    let (to_emit, mut emitting) = mpsc::channel::<Decided>(1);
+    let emitter = {
+        let worker = Arc::clone(&worker);
+        tokio::spawn(async move {
+            while let Some(decided) = emitting.recv().await {
+                let Some(in_flight) = worker.emit(decided).await else {
+                    break;
+                };
+                if to_settle.send(in_flight).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let settler = {
         let (worker, consumer) = (Arc::clone(&worker), Arc::clone(&consumer));
         tokio::spawn(async move {
@@ -101,14 +118,17 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
             break;
         };
         internal_events::batch_received(batch.len());
-        let Some(in_flight) = worker.handle(batch).await else {
+        let Some(decided) = worker.decide_batch(batch).await else {
             break;
         };
-        if to_settle.send(in_flight).await.is_err() {
+        if to_emit.send(decided).await.is_err() {
             break;
         }
     }
-    drop(to_settle);
+    drop(to_emit);
+    if let Err(e) = emitter.await {
+        tracing::error!(error = %e, "emitting task failed");
+    }
     sweeper.abort();
     watch.abort();
     if let Err(e) = settler.await {
@@ -139,10 +159,23 @@ pub(crate) struct Worker {
     cancel: CancellationToken,
 }
 
-/// A request message that parsed and validated.
-struct Parsed<'m> {
-    message: &'m OwnedMessage,
-    event: RequestEvent,
+/// One campaign's part of a decided batch: its stored definition (if any)
+/// and each request's records.
+type CampaignOutcomes = (Option<Arc<CampaignSpec>>, Vec<Vec<Outcome>>);
+
+/// A batch whose requests are decided, on its way to the emitting stage.
+struct Decided {
+    messages: Vec<OwnedMessage>,
+    /// The requests that parsed: (index in `messages`, event).
+    parsed: Vec<(usize, RequestEvent)>,
+    /// Campaigns in order of first appearance, with their requests (indexes
+    /// in `parsed`, in offset order).
+    groups: Vec<(String, Vec<usize>)>,
+    /// Per group, in the same order.
+    outcomes: Vec<CampaignOutcomes>,
+    /// Messages that can never be decided: (index in `messages`, class,
+    /// reason).
+    bad: Vec<(usize, ErrorClass, String)>,
 }
 
 /// Why a message can never be decided: unreadable, or readable but not a
@@ -172,57 +205,76 @@ fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
 }
 
 impl Worker {
-    /// Decides one batch and hands its events to the producer. Returns
-    /// `None` only when stopped before the batch was decided.
-    async fn handle(&self, messages: Vec<OwnedMessage>) -> Option<InFlight> {
+    /// Decides one batch. Returns `None` only when stopped first.
+    async fn decide_batch(&self, messages: Vec<OwnedMessage>) -> Option<Decided> {
         let mut parsed = Vec::with_capacity(messages.len());
         let mut bad = Vec::new();
-        for m in &messages {
+        for (i, m) in messages.iter().enumerate() {
             match parse(m) {
-                Ok(event) => parsed.push(Parsed { message: m, event }),
-                Err(reason) => bad.push((m, reason)),
+                Ok(event) => parsed.push((i, event)),
+                Err((class, reason)) => bad.push((i, class, reason)),
             }
         }
 
         // Group by campaign, keeping offset order inside each group.
         let mut slots: HashMap<&str, usize> = HashMap::new();
-        let mut groups: Vec<(&str, Vec<&Parsed<'_>>)> = Vec::new();
-        for p in &parsed {
-            let cid = p.event.campaign_id();
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (k, (_, event)) in parsed.iter().enumerate() {
+            let cid = event.campaign_id();
             let slot = *slots.entry(cid).or_insert_with(|| {
-                groups.push((cid, Vec::new()));
+                groups.push((cid.to_owned(), Vec::new()));
                 groups.len() - 1
             });
-            groups[slot].1.push(p);
+            groups[slot].1.push(k);
         }
+        drop(slots);
 
-        let decided = self.decide_all(&groups).await?;
+        let outcomes = self.decide_all(&parsed, &groups).await?;
+        Some(Decided {
+            messages,
+            parsed,
+            groups,
+            outcomes,
+            bad,
+        })
+    }
 
+    /// Turns a decided batch into events, writes their lookups and hands
+    /// the events to the producer. Returns `None` only when stopped first.
+    async fn emit(&self, decided: Decided) -> Option<InFlight> {
+        let Decided {
+            messages,
+            parsed,
+            groups,
+            outcomes,
+            bad,
+        } = decided;
         let mut payloads: Vec<(String, Vec<u8>)> = Vec::with_capacity(parsed.len());
         let mut lookups = Vec::new();
-        for ((cid, items), (spec, outs)) in groups.iter().zip(decided) {
+        for ((cid, items), (spec, outs)) in groups.iter().zip(outcomes) {
             // A campaign created in this very batch has no stored definition
             // yet; its create command carries it.
             let spec = spec.or_else(|| {
-                items.iter().find_map(|p| match &p.event {
+                items.iter().find_map(|&k| match &parsed[k].1 {
                     RequestEvent::UpsertCampaign(u) => Some(Arc::new(u.campaign.clone())),
                     _ => None,
                 })
             });
-            for (p, records) in items.iter().zip(outs) {
-                let message_ms = p.message.timestamp().to_millis().unwrap_or(0);
-                let t = translate(&p.event, records, spec.as_deref(), message_ms);
+            for (&k, records) in items.iter().zip(outs) {
+                let (at, event) = &parsed[k];
+                let message_ms = messages[*at].timestamp().to_millis().unwrap_or(0);
+                let t = translate(event, records, spec.as_deref(), message_ms);
                 for e in &t.events {
                     if let Some(d) = e.decision() {
                         internal_events::decided(d.status.as_str());
                     }
-                    payloads.push((cid.to_string(), serde_json::to_vec(e).unwrap_or_default()));
+                    payloads.push((cid.clone(), serde_json::to_vec(e).unwrap_or_default()));
                 }
-                lookups.extend(t.lookups.into_iter().map(|l| (cid.to_string(), l)));
+                lookups.extend(t.lookups.into_iter().map(|l| (cid.clone(), l)));
             }
         }
-        for (m, (class, reason)) in bad {
-            if !self.dead_letter(m, class, &reason).await {
+        for (at, class, reason) in &bad {
+            if !self.dead_letter(&messages[*at], *class, reason).await {
                 return None;
             }
         }
@@ -287,13 +339,14 @@ impl Worker {
     /// succeed (a repeat returns the stored decisions).
     async fn decide_all(
         &self,
-        groups: &[(&str, Vec<&Parsed<'_>>)],
-    ) -> Option<Vec<(Option<Arc<CampaignSpec>>, Vec<Vec<Outcome>>)>> {
+        parsed: &[(usize, RequestEvent)],
+        groups: &[(String, Vec<usize>)],
+    ) -> Option<Vec<CampaignOutcomes>> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let calls = groups.iter().map(|(cid, items)| {
                 let mut con = self.redis.clone();
-                let events: Vec<&RequestEvent> = items.iter().map(|p| &p.event).collect();
+                let events: Vec<&RequestEvent> = items.iter().map(|&k| &parsed[k].1).collect();
                 async move {
                     let spec = self
                         .definition(&mut con, cid)

@@ -501,3 +501,59 @@ async fn draw_strategies_after_a_prize_sells_out() {
         assert_eq!(out, b.run(id, &draws).await);
     }
 }
+
+/// One call answers a request id it meets twice once, sees holdings that an
+/// earlier operation of the same call changed, and after a reset in the
+/// middle of the call forgets what it recorded before (answers are read
+/// and written in bulk, so the script must track them itself).
+#[tokio::test]
+async fn one_call_tracks_its_own_answers_holdings_and_resets() {
+    let mut b = Bench::new().await;
+    b.create(sale("c9", 5, 1, -1)).await;
+    let before = b.run("c9", &[buy("c9", "old", "u0", 1)]).await;
+    assert_eq!(status(&before[0]), DecisionStatus::Reserved);
+
+    let first_order = seckill_schemas::order_id_for("b1");
+    let out = b
+        .run(
+            "c9",
+            &[
+                buy("c9", "b1", "u1", 1),
+                // The same request again in the same call: same answer.
+                buy("c9", "b1", "u1", 1),
+                // u1 holds its limit: a second request of its is refused.
+                buy("c9", "b2", "u1", 1),
+                order_cmd("c9", "x1", &first_order, "u1", OrderAction::Cancel),
+                // The cancel returned u1's unit: u1 may buy again.
+                buy("c9", "b3", "u1", 1),
+                // Recorded in an earlier call: the stored answer.
+                buy("c9", "old", "u0", 1),
+                admin("c9", "wipe", CampaignAction::Reset),
+                // After the reset nothing is recorded or held any more.
+                buy("c9", "b1", "u1", 1),
+                buy("c9", "old", "u0", 1),
+            ],
+        )
+        .await;
+    use DecisionStatus::*;
+    assert_eq!(out[0], out[1], "a repeated request gets the same answer");
+    assert_eq!(status(&out[0]), Reserved);
+    assert_eq!(status(&out[2]), Duplicate);
+    assert_eq!(status(&out[4]), Reserved);
+    assert_eq!(out[5], before[0], "the earlier call's answer is repeated");
+    assert_eq!([status(&out[7]), status(&out[8])], [Reserved, Reserved]);
+    // After the reset: two reservations of five units.
+    assert_eq!(b.stock("c9").await, (5, 3, 2, 0));
+
+    // The answers made after the reset are the recorded ones.
+    let again = b
+        .run("c9", &[buy("c9", "b1", "u1", 1), buy("c9", "b3", "u1", 1)])
+        .await;
+    assert_eq!(again[0], out[7]);
+    assert_eq!(
+        status(&again[1]),
+        Duplicate,
+        "b3 was forgotten by the reset"
+    );
+    assert_eq!(b.stock("c9").await, (5, 3, 2, 0));
+}
