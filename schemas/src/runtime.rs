@@ -210,18 +210,21 @@ static GROUP_REJOINS: std::sync::LazyLock<prometheus::IntCounterVec> =
 /// Keeps a group member from idling in a group that settled wrongly.
 ///
 /// A coordinator can settle a generation in which this member holds no
-/// partition although the group has no more members than the topic has
-/// partitions, so some partition has no owner and its messages wait
+/// partition while some partition has no owner, so its messages wait
 /// forever. tansu 0.6 does this when the leader of the previous generation
 /// died (SIGKILL) and is expelled between a follower's JoinGroup and its
 /// SyncGroup: the follower's empty SyncGroup is taken as the leader's plan.
-/// No assignor leaves a member empty while members <= partitions, so the
-/// state is unambiguous; the member then leaves and rejoins the group,
-/// which makes it the leader of a fresh generation.
+/// The member then leaves and rejoins the group, which makes it the leader
+/// of a fresh generation.
 ///
-/// Checks every half `session_timeout`; acts once the member has held
-/// nothing for a whole session timeout (far longer than a rebalance takes)
-/// and the coordinator calls the group stable.
+/// Checks every half `session_timeout`, once the member has held nothing
+/// for a whole session timeout (far longer than a rebalance takes). Proof
+/// that a partition is unowned, from what the broker answers:
+/// - the group is listed: it is stable and has no more members than the
+///   topic has partitions (no assignor leaves a member empty then);
+/// - it is not (tansu lists only groups that ever committed an offset):
+///   some partition holds messages past the group's committed offset, and
+///   that offset has not moved since the previous check.
 pub fn watch_assignment(
     consumer: std::sync::Arc<KafkaConsumer>,
     group: String,
@@ -232,6 +235,7 @@ pub fn watch_assignment(
     tokio::spawn(async move {
         let (every, settle) = (session_timeout / 2, session_timeout);
         let mut empty_since: Option<std::time::Instant> = None;
+        let mut previous: Option<GroupView> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -239,7 +243,7 @@ pub fn watch_assignment(
             }
             let holds = consumer.assignment().map(|a| a.count() > 0).unwrap_or(true);
             if holds {
-                empty_since = None;
+                (empty_since, previous) = (None, None);
                 continue;
             }
             let since = *empty_since.get_or_insert_with(std::time::Instant::now);
@@ -262,12 +266,13 @@ pub fn watch_assignment(
                 }
                 Err(_) => continue,
             };
-            if !view.stranded() {
+            if !view.stranded(previous.as_ref()) {
+                tracing::debug!(%group, ?view, "member holds no partition; the group looks sound");
+                previous = Some(view);
                 continue;
             }
             tracing::warn!(
-                %group, %topic,
-                members = view.members, partitions = view.partitions,
+                %group, %topic, ?view,
                 "the group settled without giving this member a partition although \
                  some partition has no owner; leaving and rejoining"
             );
@@ -276,49 +281,75 @@ pub fn watch_assignment(
             if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
                 tracing::error!(%group, %topic, error = %e, "could not resubscribe");
             }
-            empty_since = None;
+            (empty_since, previous) = (None, None);
         }
     })
 }
 
-/// What the coordinator says of a group, as far as [`watch_assignment`]
-/// needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the broker says of a group and its topic, as far as
+/// [`watch_assignment`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct GroupView {
-    stable: bool,
-    members: usize,
-    partitions: usize,
+    /// (stable, members) when the broker lists the group.
+    described: Option<(bool, usize)>,
+    /// Per partition of the topic: (partition, the group's next offset to
+    /// read (its committed offset, else the low watermark), high watermark).
+    progress: Vec<(i32, i64, i64)>,
 }
 
 impl GroupView {
-    /// A stable group with no more members than partitions, seen by a
-    /// member that holds nothing: some partition is unowned.
-    fn stranded(&self) -> bool {
-        self.stable && self.members > 0 && self.members <= self.partitions
+    /// Whether some partition has no owner, seen by a member that holds
+    /// nothing; `before` is the previous view of the same idle spell.
+    fn stranded(&self, before: Option<&GroupView>) -> bool {
+        match self.described {
+            Some((stable, members)) => stable && members > 0 && members <= self.progress.len(),
+            None => {
+                let Some(before) = before else {
+                    return false;
+                };
+                self.progress.iter().any(|&(partition, next, high)| {
+                    high > next
+                        && before
+                            .progress
+                            .iter()
+                            .any(|&(p, was, _)| p == partition && was == next)
+                })
+            }
+        }
     }
 }
 
 fn group_view(consumer: &KafkaConsumer, group: &str, topic: &str) -> Result<GroupView, KafkaError> {
     let timeout = Duration::from_secs(5);
     let groups = consumer.fetch_group_list(Some(group), timeout)?;
-    let Some(info) = groups.groups().iter().find(|g| g.name() == group) else {
-        return Ok(GroupView {
-            stable: false,
-            members: 0,
-            partitions: 0,
-        });
-    };
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let partitions = metadata
-        .topics()
+    let described = groups
+        .groups()
         .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
+        .find(|g| g.name() == group)
+        .map(|g| (g.state().eq_ignore_ascii_case("stable"), g.members().len()));
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut wanted = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            wanted.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(wanted.clone(), timeout)?;
+    let mut progress = Vec::new();
+    for e in wanted.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
+        let next = match committed
+            .find_partition(topic, e.partition())
+            .map(|c| c.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        progress.push((e.partition(), next, high));
+    }
     Ok(GroupView {
-        stable: info.state().eq_ignore_ascii_case("stable"),
-        members: info.members().len(),
-        partitions,
+        described,
+        progress,
     })
 }
 
@@ -596,27 +627,47 @@ pub async fn broker_reachable(producer: &FutureProducer) -> Result<(), KafkaErro
 mod tests {
     use super::GroupView;
 
-    fn view(stable: bool, members: usize, partitions: usize) -> GroupView {
+    fn listed(stable: bool, members: usize, partitions: usize) -> GroupView {
         GroupView {
-            stable,
-            members,
-            partitions,
+            described: Some((stable, members)),
+            progress: (0..partitions as i32).map(|p| (p, 0, 0)).collect(),
+        }
+    }
+
+    fn unlisted(progress: &[(i32, i64, i64)]) -> GroupView {
+        GroupView {
+            described: None,
+            progress: progress.to_vec(),
         }
     }
 
     #[test]
     fn an_empty_member_of_a_stable_group_with_spare_partitions_is_stranded() {
-        assert!(view(true, 1, 2).stranded());
-        assert!(view(true, 2, 2).stranded());
+        assert!(listed(true, 1, 2).stranded(None));
+        assert!(listed(true, 2, 2).stranded(None));
     }
 
     #[test]
     fn more_members_than_partitions_or_a_rebalance_in_progress_is_not_stranded() {
         // Some member legitimately idles when members outnumber partitions.
-        assert!(!view(true, 3, 2).stranded());
+        assert!(!listed(true, 3, 2).stranded(None));
         // Mid-rebalance an empty assignment is normal.
-        assert!(!view(false, 1, 2).stranded());
+        assert!(!listed(false, 1, 2).stranded(None));
         // A topic the broker does not know (yet) has no partition to own.
-        assert!(!view(true, 1, 0).stranded());
+        assert!(!listed(true, 1, 0).stranded(None));
+    }
+
+    #[test]
+    fn an_unlisted_group_is_stranded_only_when_a_backlog_stands_still() {
+        let first = unlisted(&[(0, 10, 10), (1, 4, 9)]);
+        // One look is not enough: the backlog may be moving.
+        assert!(!first.stranded(None));
+        // Partition 1 still waits at offset 4 with messages up to 9.
+        assert!(unlisted(&[(0, 10, 12), (1, 4, 9)]).stranded(Some(&first)));
+        // Someone is reading partition 1: it is owned.
+        assert!(!unlisted(&[(0, 10, 10), (1, 7, 9)]).stranded(Some(&first)));
+        // Nothing waits anywhere: nothing to rescue.
+        let idle = unlisted(&[(0, 10, 10), (1, 9, 9)]);
+        assert!(!idle.stranded(Some(&idle)));
     }
 }
