@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use redis::aio::ConnectionManager;
@@ -36,14 +35,9 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         brokers: config.kafka.brokers.clone(),
         source,
     };
-    let consumer = Arc::new(
-        config
-            .kafka
-            .group_consumer(&config.group_id)
-            .map_err(kafka_err)?,
-    );
-    consumer
-        .subscribe(&[config.topics.requests.as_str()])
+    let consumer = config
+        .kafka
+        .group_member(&config.group_id, &config.topics.requests, &cancel)
         .map_err(kafka_err)?;
     // message.timeout.ms = 0: librdkafka retries a send until it lands, so
     // a broker hiccup delays a batch instead of failing it.
@@ -91,13 +85,6 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         })
     };
 
-    let watch = seckill_schemas::runtime::watch_assignment(
-        Arc::clone(&consumer),
-        config.group_id.clone(),
-        config.topics.requests.clone(),
-        Duration::from_millis(config.kafka.session_timeout_ms.into()),
-        cancel.clone(),
-    );
     let sweeper = tokio::spawn(crate::sweep::run(
         Arc::clone(&worker),
         Arc::clone(&consumer),
@@ -130,13 +117,10 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         tracing::error!(error = %e, "emitting task failed");
     }
     sweeper.abort();
-    watch.abort();
     if let Err(e) = settler.await {
         tracing::error!(error = %e, "settling task failed");
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed; the last batch will be redelivered");
-    }
+    seckill_schemas::runtime::commit_on_stop(&consumer);
     tracing::info!("processor stopped");
     Ok(())
 }

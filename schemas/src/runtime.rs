@@ -126,6 +126,28 @@ impl KafkaSettings {
             .create_with_context(RoleContext)
     }
 
+    /// A member of `group` subscribed to `topic`, watched until `cancel`
+    /// fires or the caller drops it, so that a coordinator that settles the
+    /// group without giving it a partition cannot strand it
+    /// ([`watch_assignment`]).
+    pub fn group_member(
+        &self,
+        group: &str,
+        topic: &str,
+        cancel: &CancellationToken,
+    ) -> Result<std::sync::Arc<KafkaConsumer>, KafkaError> {
+        let consumer = std::sync::Arc::new(self.group_consumer(group)?);
+        consumer.subscribe(&[topic])?;
+        watch_assignment(
+            std::sync::Arc::clone(&consumer),
+            group.to_owned(),
+            topic.to_owned(),
+            Duration::from_millis(self.session_timeout_ms.into()),
+            cancel.clone(),
+        );
+        Ok(consumer)
+    }
+
     /// An admin client (topic creation, record deletion).
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
         self.base().create()
@@ -225,13 +247,13 @@ static GROUP_REJOINS: std::sync::LazyLock<prometheus::IntCounterVec> =
 /// - it is not (tansu lists only groups that ever committed an offset):
 ///   some partition holds messages past the group's committed offset, and
 ///   that offset has not moved since the previous check.
-pub fn watch_assignment(
+fn watch_assignment(
     consumer: std::sync::Arc<KafkaConsumer>,
     group: String,
     topic: String,
     session_timeout: Duration,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) {
     tokio::spawn(async move {
         let (every, settle) = (session_timeout / 2, session_timeout);
         let mut empty_since: Option<std::time::Instant> = None;
@@ -240,6 +262,10 @@ pub fn watch_assignment(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+            }
+            if std::sync::Arc::strong_count(&consumer) == 1 {
+                // The role let go of its consumer: it is done with the group.
+                return;
             }
             let holds = consumer.assignment().map(|a| a.count() > 0).unwrap_or(true);
             if holds {
@@ -283,7 +309,7 @@ pub fn watch_assignment(
             }
             (empty_since, previous) = (None, None);
         }
-    })
+    });
 }
 
 /// What the broker says of a group and its topic, as far as
@@ -432,6 +458,18 @@ pub fn store_done(consumer: &KafkaConsumer, messages: &[OwnedMessage]) {
     }
     if let Err(e) = consumer.store_offsets(&next_offsets(messages)) {
         tracing::warn!(error = %e, "offsets not stored (partition revoked?); they will be redelivered");
+    }
+}
+
+/// Commits the stored offsets once more as a role stops. Nothing stored
+/// since the last commit is not a failure; any other failure only means
+/// the last batch is redelivered to the partition's next owner.
+pub fn commit_on_stop(consumer: &KafkaConsumer) {
+    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final offset commit failed; the last batch will be redelivered")
+        }
     }
 }
 

@@ -21,10 +21,9 @@ mod tiers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use seckill_schemas::runtime::{next_batch, store_done, watch_assignment};
+use seckill_schemas::runtime::{next_batch, store_done};
 
 use crate::{OrderStore, SinkConfig};
 use handler::Sink;
@@ -55,23 +54,10 @@ pub async fn run(
         brokers: config.kafka.brokers.clone(),
         source,
     };
-    let consumer = Arc::new(
-        config
-            .kafka
-            .group_consumer(&config.group_id)
-            .map_err(kafka_err)?,
-    );
-    consumer
-        .subscribe(&[config.topics.orders.as_str()])
+    let consumer = config
+        .kafka
+        .group_member(&config.group_id, &config.topics.orders, &cancel)
         .map_err(kafka_err)?;
-    let session_timeout = Duration::from_millis(config.kafka.session_timeout_ms.into());
-    let mut watches = vec![watch_assignment(
-        Arc::clone(&consumer),
-        config.group_id.clone(),
-        config.topics.orders.clone(),
-        session_timeout,
-        cancel.clone(),
-    )];
     let producer = config.kafka.producer(0).map_err(kafka_err)?;
     let sink = Arc::new(Sink {
         store,
@@ -81,22 +67,14 @@ pub async fn run(
     });
     let mut tiers = Vec::new();
     for tier in 1..=config.retry_delays_ms.len() {
-        let tier_consumer = Arc::new(
-            config
-                .kafka
-                .group_consumer(&config.topics.retry_group(tier))
-                .map_err(kafka_err)?,
-        );
-        tier_consumer
-            .subscribe(&[config.topics.orders_retry(tier).as_str()])
+        let tier_consumer = config
+            .kafka
+            .group_member(
+                &config.topics.retry_group(tier),
+                &config.topics.orders_retry(tier),
+                &cancel,
+            )
             .map_err(kafka_err)?;
-        watches.push(watch_assignment(
-            Arc::clone(&tier_consumer),
-            config.topics.retry_group(tier),
-            config.topics.orders_retry(tier),
-            session_timeout,
-            cancel.clone(),
-        ));
         tiers.push(tokio::spawn(tiers::run(
             Arc::clone(&sink),
             tier,
@@ -140,14 +118,9 @@ pub async fn run(
         }
         store_done(&consumer, &batch);
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed; the last batch will be redelivered");
-    }
+    seckill_schemas::runtime::commit_on_stop(&consumer);
     for t in tiers {
         let _ = t.await;
-    }
-    for w in watches {
-        w.abort();
     }
     tracing::info!("sink stopped");
     Ok(())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use seckill_schemas::runtime::KafkaConsumer;
@@ -93,7 +93,5 @@ pub(super) async fn run(sink: Arc<Sink>, tier: usize, consumer: Arc<KafkaConsume
         }
         store_done(&consumer, std::slice::from_ref(&message));
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(tier, error = %e, "final commit of a retry tier failed");
-    }
+    seckill_schemas::runtime::commit_on_stop(&consumer);
 }
