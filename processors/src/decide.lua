@@ -61,9 +61,8 @@ local stats = {}
 -- last: one Redis call each instead of one or two per operation.
 -- prior[r]: the stored answer, false = none; nil once a reset wiped them.
 local prior = {}
--- Answers decided in this call, by request id (also the ones to write).
+-- Answers decided in this call, by request id: the ones to write.
 local answered = {}
-local answer_writes = {}
 -- held[u]: units user u holds; nil = not read yet.
 local held = {}
 
@@ -340,7 +339,7 @@ local function reset()
   d_total, d_avail, d_res, d_paid = 0, 0, 0, 0
   -- Every recorded request and holding is gone, including the answers of
   -- this call not written yet.
-  prior, answered, answer_writes, held = nil, {}, {}, {}
+  prior, answered, held = nil, {}, {}
   return campaign('applied')
 end
 
@@ -485,8 +484,6 @@ for i, op in ipairs(ops) do
         r = refused('unknown_operation')
       end
       answered[op.r] = r
-      answer_writes[#answer_writes + 1] = op.r
-      answer_writes[#answer_writes + 1] = r
       if op.t == 'p' then
         local status = string.match(r, '^d|([^|]*)|')
         stats[status] = (stats[status] or 0) + 1
@@ -496,6 +493,11 @@ for i, op in ipairs(ops) do
   end
 end
 
+local answer_writes = {}
+for r, a in pairs(answered) do
+  answer_writes[#answer_writes + 1] = r
+  answer_writes[#answer_writes + 1] = a
+end
 for s = 1, #answer_writes, 1000 do
   redis.call('HSET', KEYS[4], unpack(answer_writes, s, math.min(s + 999, #answer_writes)))
 end

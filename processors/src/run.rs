@@ -211,7 +211,6 @@ impl Worker {
             });
             groups[slot].1.push(k);
         }
-        drop(slots);
 
         let outcomes = self.decide_all(&parsed, &groups).await?;
         Some(Decided {
