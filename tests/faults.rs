@@ -28,9 +28,9 @@ use seckill_cli::check::{
     check_campaign_with, read_order_log, redis_stock, stored_orders, CampaignReport, Evidence,
     OrderLog,
 };
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::{DecisionStatus, KeyLayout, OrderView};
-use seckill_sinks::OrderStore;
+use seckill_store::OrderStore;
 
 // ---------------------------------------------------------------------------
 // The checker, as the tests use it
@@ -47,7 +47,7 @@ struct Checker {
 
 impl Checker {
     async fn new(stack: &Stack) -> Checker {
-        let store = seckill_sinks::open_store(&stack.store_url())
+        let store = seckill_store::open_store(&stack.store_url())
             .await
             .unwrap_or_else(|e| panic!("open the order store {}: {e}", stack.store_url()));
         let redis = seckill_processors::connect_redis(&stack.redis_url())

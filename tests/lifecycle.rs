@@ -24,7 +24,7 @@ use common::kafka::consume_topic;
 use common::{eventually, purchase_json, read_decisions, token, within, Api, Producer, Stack};
 use seckill_schemas::{
     draw_point, order_id_for, CampaignSpec, CampaignState, CampaignView, Decision, DecisionStatus,
-    DrawStrategy, FulfilmentRequested, OrderEvent, OrderView, PrizeSpec,
+    DrawStrategy, FulfilmentRequested, OrderEvent, OrderStatus, OrderView, PrizeSpec, RefusalReason,
 };
 
 // ---------------------------------------------------------------------------
@@ -376,12 +376,12 @@ async fn all_orders(api: &Api, cid: &str) -> Vec<OrderView> {
 }
 
 /// Every order of a campaign in a store opened directly (paging).
-async fn store_orders(store: &dyn seckill_sinks::OrderStore, cid: &str) -> Vec<OrderView> {
+async fn store_orders(store: &dyn seckill_store::OrderStore, cid: &str) -> Vec<OrderView> {
     let mut out: Vec<OrderView> = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = store
-            .list_orders(&seckill_sinks::OrderFilter {
+            .list_orders(&seckill_store::OrderFilter {
                 campaign_id: Some(cid.to_owned()),
                 user_id: None,
                 limit: 1000,
@@ -401,7 +401,7 @@ async fn store_orders(store: &dyn seckill_sinks::OrderStore, cid: &str) -> Vec<O
 fn count_by_status(orders: &[OrderView]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for o in orders {
-        *m.entry(o.status.clone()).or_default() += 1;
+        *m.entry(o.status.as_str().to_owned()).or_default() += 1;
     }
     m
 }
@@ -784,7 +784,7 @@ async fn thousand_reservations_paid_cancelled_or_expired_with_racing_pays_conser
         Duration::from_millis(500),
         || async {
             let orders = all_orders(&api, &cid).await;
-            if orders.len() >= N && orders.iter().all(|o| o.status != "reserved") {
+            if orders.len() >= N && orders.iter().all(|o| o.status != OrderStatus::Reserved) {
                 Ok(orders)
             } else {
                 Err(format!(
@@ -818,7 +818,7 @@ async fn thousand_reservations_paid_cancelled_or_expired_with_racing_pays_conser
             continue;
         };
         let want = expected[&o.order_id];
-        if o.status != want {
+        if o.status.as_str() != want {
             violations.push(format!(
                 "{} order {} ({:?}, answer {:?}) is {} in the store, expected {want}",
                 h.user,
@@ -1005,7 +1005,7 @@ async fn wait_order_status(
             return Err(format!("{}: {}", r.status, r.body));
         }
         let o: OrderView = serde_json::from_value(r.body.clone()).map_err(|e| e.to_string())?;
-        if o.status == status {
+        if o.status.as_str() == status {
             Ok(o)
         } else {
             Err(format!("status {}", o.status))
@@ -1620,7 +1620,7 @@ async fn lottery_20000_draws_match_win_rate_prize_mix_strategies_and_redelivery_
             "reserved"
         };
         if o.prize_id.as_deref() != Some(prize)
-            || o.status != want_status
+            || o.status.as_str() != want_status
             || o.item_name != spec.name
             || o.award_type != spec.award_type
         {
@@ -1716,7 +1716,7 @@ async fn both_paths(
 
 fn assert_refused(d: &Decision, status: DecisionStatus, reason: &str, what: &str) {
     assert_eq!(d.status, status, "{what}: {d:?}");
-    assert_eq!(d.reason.as_deref(), Some(reason), "{what}: {d:?}");
+    assert_eq!(d.reason.map(|r| r.as_str()), Some(reason), "{what}: {d:?}");
     assert!(d.order_id.is_none(), "{what}: {d:?}");
 }
 
@@ -1974,7 +1974,7 @@ async fn eligibility_rule_tree_gives_the_same_answers_over_http_and_kafka() {
                 d.status == DecisionStatus::Reserved
             } else {
                 d.status == DecisionStatus::NotEligible
-                    && d.reason.as_deref() == Some("not_eligible")
+                    && d.reason == Some(RefusalReason::NotEligible)
                     && d.order_id.is_none()
             };
             if !ok {
@@ -2106,7 +2106,7 @@ async fn replaying_the_orders_topic_leaves_every_order_status_unchanged() {
             let mut orders = all_orders(&api, &sale).await;
             let free = all_orders(&api, &lot).await;
             let settled = orders.len() == 30
-                && orders.iter().all(|o| o.status != "reserved")
+                && orders.iter().all(|o| o.status != OrderStatus::Reserved)
                 && free.len() == wins;
             orders.extend(free);
             if settled {
@@ -2207,7 +2207,7 @@ async fn replaying_the_orders_topic_leaves_every_order_status_unchanged() {
         Duration::from_secs(60),
         Duration::from_millis(250),
         || async {
-            seckill_sinks::open_store(&store2_url)
+            seckill_store::open_store(&store2_url)
                 .await
                 .map_err(|e| e.to_string())
         },
@@ -2268,7 +2268,7 @@ async fn replaying_the_orders_topic_leaves_every_order_status_unchanged() {
     // The fulfilment topic: every paid order, nothing else; copies agree.
     let paid: HashMap<&str, &OrderView> = snapshot
         .values()
-        .filter(|o| o.status == "paid")
+        .filter(|o| o.status == OrderStatus::Paid)
         .map(|o| (o.order_id.as_str(), o))
         .collect();
     let ful = read_topic(
@@ -2411,16 +2411,16 @@ async fn participation_and_stats_endpoints_report_current_holdings_and_attempts(
     let mut got = Vec::new();
     for i in 0..3 {
         let d = buy(&api, &lot, "gambler", &format!("draw-{i}"), None).await;
-        got.push((d.status, d.reason.clone()));
+        got.push((d.status, d.reason));
     }
     assert_eq!(
         got,
         vec![
-            (DecisionStatus::Lost, Some("lost".to_owned())),
-            (DecisionStatus::Lost, Some("lost".to_owned())),
+            (DecisionStatus::Lost, Some(RefusalReason::Lost)),
+            (DecisionStatus::Lost, Some(RefusalReason::Lost)),
             (
                 DecisionStatus::LimitExceeded,
-                Some("max_attempts".to_owned())
+                Some(RefusalReason::MaxAttempts)
             ),
         ]
     );

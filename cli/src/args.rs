@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::Topics;
 
 #[derive(Debug, Clone, Args)]

@@ -167,7 +167,7 @@ impl BenchCmd {
         latencies.sort_unstable();
 
         // Wait for the store to hold every reserved order.
-        let store = seckill_sinks::open_store(&self.store.store)
+        let store = seckill_store::open_store(&self.store.store)
             .await
             .with_context(|| format!("opening the order store {}", self.store.store))?;
         let mut redis = seckill_processors::connect_redis(&self.redis.redis_url).await?;

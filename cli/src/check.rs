@@ -12,11 +12,11 @@ use std::fmt;
 use anyhow::Context;
 use rdkafka::message::Message;
 use redis::aio::ConnectionManager;
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::{
     order_id_for, Decision, DecisionStatus, KeyLayout, OrderEvent, OrderStatus, OrderView,
 };
-use seckill_sinks::{OrderFilter, OrderStore};
+use seckill_store::{OrderFilter, OrderStore};
 
 /// One announced decision, reduced to what the checks compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,16 +336,6 @@ fn note(
     }
 }
 
-fn store_status(s: &str) -> Option<OrderStatus> {
-    Some(match s {
-        "reserved" => OrderStatus::Reserved,
-        "paid" => OrderStatus::Paid,
-        "cancelled" => OrderStatus::Cancelled,
-        "expired" => OrderStatus::Expired,
-        _ => return None,
-    })
-}
-
 /// Checks one campaign against everything in `evidence`.
 pub async fn check_campaign_with(
     store: &dyn OrderStore,
@@ -405,7 +395,7 @@ pub async fn check_campaign_with(
     // live orders (reserved, paid) count against the stock.
     let live: Vec<&OrderView> = orders
         .iter()
-        .filter(|o| o.status == "reserved" || o.status == "paid")
+        .filter(|o| o.status.holds_stock())
         .collect();
     let stored_units: usize = live.iter().map(|o| o.quantity as usize).sum();
     let redis_units = (reserved + paid).max(0) as usize;
@@ -550,7 +540,7 @@ pub async fn check_campaign_with(
                 continue;
             }
             let behind = match stored.get(order_id.as_str()) {
-                Some(o) => store_status(&o.status).is_none_or(|s| s.rank() < status.rank()),
+                Some(o) => o.status.rank() < status.rank(),
                 // Counted as missing when a decision announced it.
                 None => !reserved_order_ids.contains(order_id.as_str()),
             };

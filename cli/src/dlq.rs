@@ -12,11 +12,11 @@ use rdkafka::admin::AdminOptions;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use seckill_schemas::runtime::KafkaConsumer;
+use seckill_kafka::KafkaConsumer;
 use serde_json::json;
 
 use seckill_schemas::now_ms;
-use seckill_schemas::runtime::{forward, header_i64, header_str, headers, KafkaSettings};
+use seckill_kafka::{forward, header_i64, header_str, headers, KafkaSettings};
 
 use crate::args::KafkaArgs;
 use seckill_cli::topic::{read_all, read_range, watermarks};

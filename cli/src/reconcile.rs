@@ -11,7 +11,8 @@ use rdkafka::message::Message;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
-use seckill_processors::{encode_decision, encode_order, meta_fields, restore, CampaignImage};
+use seckill_processors::{meta_fields, restore, CampaignImage};
+use seckill_schemas::state::{self, Answer, StockCounters, StoredOrder};
 use seckill_schemas::{
     CampaignOutcome, CampaignSpec, DecisionStatus, KeyLayout, OrderEvent, OrderStatus,
 };
@@ -38,19 +39,6 @@ pub(crate) struct ReconcileCmd {
     metrics_file: Option<std::path::PathBuf>,
 }
 
-/// One order as the record knows it.
-#[derive(Debug, Clone)]
-struct Order {
-    status: OrderStatus,
-    user: String,
-    quantity: u32,
-    price: u64,
-    request_id: String,
-    created_at_ms: i64,
-    expires_at_ms: i64,
-    prize_id: Option<String>,
-}
-
 /// Everything the order log says about one campaign.
 #[derive(Debug, Default)]
 struct Record {
@@ -60,14 +48,14 @@ struct Record {
     published: bool,
     added: u64,
     added_to_prize: BTreeMap<String, u64>,
-    orders: BTreeMap<String, Order>,
-    decisions: BTreeMap<String, String>,
+    orders: BTreeMap<String, StoredOrder>,
+    decisions: BTreeMap<String, Answer>,
     attempts: BTreeMap<String, u64>,
 }
 
 impl Record {
     /// Keeps the further-along status of an order (statuses only move up).
-    fn merge(&mut self, order_id: &str, o: Order) {
+    fn merge(&mut self, order_id: &str, o: StoredOrder) {
         match self.orders.get(order_id) {
             Some(have) if have.status.rank() >= o.status.rank() => {}
             _ => {
@@ -110,12 +98,12 @@ impl Record {
         if let Some((status, r)) = event.order_state() {
             self.merge(
                 r.order_id,
-                Order {
+                StoredOrder {
                     status,
-                    user: r.user_id.to_owned(),
+                    user_id: r.user_id.to_owned(),
                     quantity: r.quantity,
                     price: r.price,
-                    request_id: r.purchase_request_id.to_owned(),
+                    purchase_request_id: r.purchase_request_id.to_owned(),
                     created_at_ms: r.created_at_ms,
                     expires_at_ms: r.expires_at_ms,
                     prize_id: r.prize_id.map(str::to_owned),
@@ -124,28 +112,27 @@ impl Record {
         }
         match event {
             OrderEvent::Reserved(e) | OrderEvent::Confirmed(e) => {
-                let confirmed = matches!(event, OrderEvent::Confirmed(_));
                 let status = if e.prize_id.is_some() {
-                    "won"
+                    DecisionStatus::Won
                 } else {
-                    "reserved"
+                    DecisionStatus::Reserved
                 };
                 if e.prize_id.is_some() {
                     *self.attempts.entry(e.user_id.clone()).or_default() += 1;
                 }
                 self.decisions.insert(
                     e.request_id.clone(),
-                    encode_decision(
+                    Answer::Purchase {
                         status,
-                        "",
-                        Some(&e.order_id),
-                        Some(e.quantity),
-                        e.decided_at_ms,
-                        Some(e.expires_at_ms),
-                        Some(e.price),
-                        e.prize_id.as_deref(),
-                        confirmed,
-                    ),
+                        reason: None,
+                        order_id: Some(e.order_id.clone()),
+                        quantity: e.quantity,
+                        decided_at_ms: e.decided_at_ms,
+                        expires_at_ms: e.expires_at_ms,
+                        price: e.price,
+                        prize_id: e.prize_id.clone(),
+                        confirmed: matches!(event, OrderEvent::Confirmed(_)),
+                    },
                 );
             }
             OrderEvent::Rejected(e) => {
@@ -154,17 +141,17 @@ impl Record {
                 }
                 self.decisions.insert(
                     e.request_id.clone(),
-                    encode_decision(
-                        e.status.as_str(),
-                        &e.reason,
-                        None,
-                        None,
-                        e.decided_at_ms,
-                        None,
-                        None,
-                        None,
-                        false,
-                    ),
+                    Answer::Purchase {
+                        status: e.status,
+                        reason: Some(e.reason),
+                        order_id: None,
+                        quantity: 0,
+                        decided_at_ms: e.decided_at_ms,
+                        expires_at_ms: 0,
+                        price: 0,
+                        prize_id: None,
+                        confirmed: false,
+                    },
                 );
             }
             _ => {}
@@ -196,33 +183,25 @@ impl Record {
                 OrderStatus::Paid => paid += q,
                 OrderStatus::Cancelled | OrderStatus::Expired => {}
             }
-            if matches!(o.status, OrderStatus::Reserved | OrderStatus::Paid) {
-                *users.entry(&o.user).or_default() += q;
+            if o.status.holds_stock() {
+                *users.entry(&o.user_id).or_default() += q;
                 if let Some(p) = &o.prize_id {
                     *prize_live.entry(p).or_default() += q;
                 }
             }
-            img.orders.insert(
-                id.clone(),
-                encode_order(
-                    &o.user,
-                    o.quantity,
-                    o.status.as_str(),
-                    o.expires_at_ms,
-                    &o.request_id,
-                    o.price,
-                    o.created_at_ms,
-                    o.prize_id.as_deref(),
-                ),
-            );
+            img.orders.insert(id.clone(), o.encode());
         }
-        for (k, v) in [("total", total), ("reserved", reserved), ("paid", paid)] {
-            img.stock.insert(k.to_owned(), v.to_string());
-        }
-        img.stock.insert(
-            "available".to_owned(),
-            (total as i64 - reserved as i64 - paid as i64).to_string(),
-        );
+        let counters = StockCounters {
+            total: total as i64,
+            available: total as i64 - reserved as i64 - paid as i64,
+            reserved: reserved as i64,
+            paid: paid as i64,
+        };
+        img.stock = counters
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         img.users = users
             .into_iter()
             .map(|(u, n)| (u.to_owned(), n.to_string()))
@@ -231,7 +210,7 @@ impl Record {
             let prize_total = p.stock + self.added_to_prize.get(&p.id).copied().unwrap_or(0);
             let live = prize_live.get(p.id.as_str()).copied().unwrap_or(0);
             img.prizes
-                .insert(format!("{}:total", p.id), prize_total.to_string());
+                .insert(state::prizes::total(&p.id), prize_total.to_string());
             img.prizes
                 .insert(p.id.clone(), prize_total.saturating_sub(live).to_string());
         }
@@ -240,7 +219,11 @@ impl Record {
             .iter()
             .map(|(u, n)| (u.clone(), n.to_string()))
             .collect();
-        img.requests = self.decisions.clone();
+        img.requests = self
+            .decisions
+            .iter()
+            .map(|(r, a)| (r.clone(), a.encode()))
+            .collect();
         img
     }
 }
@@ -311,20 +294,14 @@ impl ReconcileCmd {
         let store = crate::roles::store(&self.store).await?;
         let stored = seckill_cli::check::stored_orders(&*store, &cid).await?;
         for o in &stored {
-            let status = match o.status.as_str() {
-                "reserved" => OrderStatus::Reserved,
-                "paid" => OrderStatus::Paid,
-                "cancelled" => OrderStatus::Cancelled,
-                _ => OrderStatus::Expired,
-            };
             record.merge(
                 &o.order_id,
-                Order {
-                    status,
-                    user: o.user_id.clone(),
+                StoredOrder {
+                    status: o.status,
+                    user_id: o.user_id.clone(),
                     quantity: o.quantity,
                     price: o.price,
-                    request_id: o.request_id.clone(),
+                    purchase_request_id: o.request_id.clone(),
                     created_at_ms: o.created_at_ms,
                     expires_at_ms: o.expires_at_ms,
                     prize_id: o.prize_id.clone(),
@@ -340,7 +317,7 @@ impl ReconcileCmd {
             None => {
                 let def: Option<String> = redis::cmd("HGET")
                     .arg(&k.meta)
-                    .arg("def")
+                    .arg(state::meta::DEFINITION)
                     .query_async(&mut redis)
                     .await?;
                 match def.and_then(|d| serde_json::from_str(&d).ok()) {
@@ -353,7 +330,7 @@ impl ReconcileCmd {
 
         let mut diffs = Vec::new();
         let meta = hash(&mut redis, &k.meta).await?;
-        if meta.get("def") != want.meta.get("def") {
+        if meta.get(state::meta::DEFINITION) != want.meta.get(state::meta::DEFINITION) {
             diffs.push("meta: the campaign definition is missing or differs in Redis".to_owned());
         }
         differences(
@@ -374,16 +351,20 @@ impl ReconcileCmd {
             &want.prizes,
             &mut diffs,
         );
-        let state = |v: &String| v.split('|').nth(2).unwrap_or("").to_owned();
+        // Orders compare by status; an order Redis holds in a form this build
+        // cannot read is a difference too.
+        let status = |v: &String| {
+            StoredOrder::decode(v).map_or_else(|e| format!("unreadable ({e})"), |o| o.status.to_string())
+        };
         let have_orders: BTreeMap<String, String> = hash(&mut redis, &k.orders)
             .await?
             .iter()
-            .map(|(id, v)| (id.clone(), state(v)))
+            .map(|(id, v)| (id.clone(), status(v)))
             .collect();
         let want_orders: BTreeMap<String, String> = want
             .orders
             .iter()
-            .map(|(id, v)| (id.clone(), state(v)))
+            .map(|(id, v)| (id.clone(), status(v)))
             .collect();
         differences("order", &have_orders, &want_orders, &mut diffs);
         let recorded: BTreeSet<String> = redis::cmd("HKEYS")

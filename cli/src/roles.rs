@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use seckill_ingest::IngestConfig;
 use seckill_processors::ProcessorConfig;
-use seckill_schemas::runtime::{ensure_topics, shutdown_signal};
+use seckill_kafka::{ensure_topics, shutdown_signal};
 use seckill_schemas::Topics;
-use seckill_sinks::{open_store, FaultInjection, OrderStore, SinkConfig};
+use seckill_sinks::SinkConfig;
+use seckill_store::{open_store, FaultInjection, OrderStore};
 
 use crate::args::{IngestArgs, KafkaArgs, ProcessArgs, RedisArgs, SinkArgs, StoreArgs};
 
@@ -197,7 +198,7 @@ fn serve_metrics(
 ) {
     set.spawn(async move {
         let app = Router::new()
-            .route("/metrics", get(|| async { seckill_ingest::metrics_text() }))
+            .route("/metrics", get(|| async { seckill_kafka::metrics_text() }))
             .route("/healthz", get(|| async { "{\"status\":\"ok\"}" }));
         let listener = tokio::net::TcpListener::bind(addr)
             .await

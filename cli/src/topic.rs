@@ -9,9 +9,9 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use seckill_schemas::runtime::KafkaConsumer;
+use seckill_kafka::KafkaConsumer;
 
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 
 /// Partitions of `topic` with their (low, high) watermarks.
 pub fn watermarks(consumer: &KafkaConsumer, topic: &str) -> anyhow::Result<Vec<(i32, i64, i64)>> {

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::Topics;
 
 /// Everything ingest needs.

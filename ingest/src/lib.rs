@@ -15,11 +15,10 @@ mod state;
 
 pub use config::IngestConfig;
 pub use error::IngestError;
-pub use routes::metrics_text;
 
 use std::sync::Arc;
 
-use seckill_sinks::OrderStore;
+use seckill_store::OrderStore;
 use tokio_util::sync::CancellationToken;
 
 /// Serves the HTTP API until `cancel` fires, then finishes the requests in

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::{CampaignApplied, Decision, OrderCommandResult, OrderEvent, OrderStatus};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -120,8 +120,8 @@ pub(crate) fn spawn(
                     request_id: r.request_id.clone(),
                     order_id: r.order_id.clone(),
                     accepted: false,
-                    status: OrderStatus::after_refusal(&r.reason),
-                    reason: Some(r.reason.clone()),
+                    status: OrderStatus::after_refusal(r.reason),
+                    reason: Some(r.reason),
                 }),
                 // An expiry caused by a late pay is followed by the pay's
                 // refusal, which is what its caller waits for.

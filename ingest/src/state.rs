@@ -6,7 +6,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use rdkafka::producer::FutureProducer;
 use redis::aio::ConnectionManager;
 use seckill_schemas::KeyLayout;
-use seckill_sinks::OrderStore;
+use seckill_store::OrderStore;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 

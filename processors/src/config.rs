@@ -1,4 +1,4 @@
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::Topics;
 
 /// Everything one processor needs.

@@ -13,13 +13,15 @@
 --
 -- KEYS: 1 meta, 2 stock, 3 users, 4 requests, 5 orders, 6 deadlines,
 --       7 attempts, 8 prizes, 9 stats (all tagged {c:<id>}: one slot)
--- ARGV[1]: JSON array of operations, in offset order (t = type):
---   p purchase/draw {r, u, q, o, d = draw point or absent, ne = 1 if not eligible}
---   c create        {r, def, kind, stock, limit, start, end, timeout, price,
---                    draft, max_att, strategy, table = [{id, p, price, stock}]}
---   s add stock {r, q, prize}   z close {r}   b publish {r}   k reset {r}
---   y pay {r, o, u}   n cancel {r, o, u}   x expire what is due {r}
--- Returns one string per operation: records joined by "\n", fields by "|":
+-- ARGV[1]: JSON array of operations, in offset order (t = operation name,
+-- as in schemas/src/state/mod.rs `op`):
+--   purchase  {r, u, q, o, d = draw point or absent, ne = 1 if not eligible}
+--   create    {r, def, kind, stock, limit, start, end, timeout, price,
+--              draft, max_att, strategy, table = [{id, p, price, stock}]}
+--   add_stock {r, q, prize}   close {r}   publish {r}   reset {r}
+--   pay {r, o, u}   cancel {r, o, u}   expire (what is due) {r}
+-- Returns one string per operation: records joined by "\n", fields by "|"
+-- (the codecs in schemas/src/state/records.rs read them):
 --   d|status|reason|order|q|decided|expires|price|prize|confirmed
 --   c|outcome|reason|decided
 --   t|to|order|user|q|price|purchase_request|created|expires|prize|decided
@@ -132,6 +134,50 @@ local function get_available()
   return available
 end
 
+-- Every change to the stock counters goes through these four, and each
+-- moves units between counters so that available + reserved + paid ==
+-- total holds after it; `reserve` alone takes from `available` and refuses
+-- to take it below 0.
+local units = {}
+
+-- New stock: total and available grow alike.
+function units.add(q)
+  get_available()
+  available = available + q
+  d_avail = d_avail + q
+  d_total = d_total + q
+end
+
+-- available -> reserved (or straight to paid, for an order born paid).
+-- Returns false, changing nothing, when fewer than q units are left.
+function units.reserve(q, born_paid)
+  if get_available() < q then
+    return false
+  end
+  available = available - q
+  d_avail = d_avail - q
+  if born_paid then
+    d_paid = d_paid + q
+  else
+    d_res = d_res + q
+  end
+  return true
+end
+
+-- reserved -> paid.
+function units.pay(q)
+  d_res = d_res - q
+  d_paid = d_paid + q
+end
+
+-- reserved -> available (a cancel or an expiry).
+function units.release(q)
+  get_available()
+  available = available + q
+  d_avail = d_avail + q
+  d_res = d_res - q
+end
+
 local function load_pstock()
   if pstock == nil then
     pstock = {}
@@ -240,18 +286,22 @@ local function purchase(op)
     move_prize(prize.id, -1)
     price = int(prize.price)
   end
-  available = available - q
-  d_avail = d_avail - q
-  add_held(op.u, q)
   local confirmed = prize ~= nil and tonumber(price) == 0
+  if not units.reserve(q, confirmed) then
+    -- Checked above; only a draw that took the last units of another
+    -- prize could get here.
+    if prize then
+      move_prize(prize.id, 1)
+    end
+    return decision('sold_out', 'sold_out')
+  end
+  add_held(op.u, q)
   local expires = now + meta.timeout * 1000
   local state = 'reserved'
   if confirmed then
     expires = now
     state = 'paid'
-    d_paid = d_paid + q
   else
-    d_res = d_res + q
     redis.call('ZADD', KEYS[6], expires, op.o)
   end
   local prize_id = prize and prize.id or ''
@@ -305,10 +355,7 @@ local function add_stock(op)
     return campaign('refused', 'unknown_prize')
   end
   local q = tonumber(op.q)
-  get_available()
-  available = available + q
-  d_avail = d_avail + q
-  d_total = d_total + q
+  units.add(q)
   if meta.lottery then
     move_prize(prize, q)
     redis.call('HINCRBY', KEYS[8], prize .. ':total', q)
@@ -368,10 +415,7 @@ local function release(id, o, to)
   o.state = to
   store_order(id, o)
   redis.call('ZREM', KEYS[6], id)
-  get_available()
-  available = available + o.q
-  d_avail = d_avail + o.q
-  d_res = d_res - o.q
+  units.release(o.q)
   add_held(o.user, -o.q)
   if o.prize ~= '' and get_meta() then
     move_prize(o.prize, o.q)
@@ -403,8 +447,7 @@ local function order_command(op, pay)
     o.state = 'paid'
     store_order(op.o, o)
     redis.call('ZREM', KEYS[6], op.o)
-    d_res = d_res - o.q
-    d_paid = d_paid + o.q
+    units.pay(o.q)
     return transition('paid', op.o, o)
   end
   return release(op.o, o, 'cancelled')
@@ -430,23 +473,23 @@ local function expire_due()
 end
 
 local handlers = {
-  p = purchase,
-  c = create,
-  s = add_stock,
-  z = function() return set_flag('closed', '1') end,
-  b = function() return set_flag('draft', '0') end,
-  y = function(op) return order_command(op, true) end,
-  n = function(op) return order_command(op, false) end,
+  purchase = purchase,
+  create = create,
+  add_stock = add_stock,
+  close = function() return set_flag('closed', '1') end,
+  publish = function() return set_flag('draft', '0') end,
+  pay = function(op) return order_command(op, true) end,
+  cancel = function(op) return order_command(op, false) end,
 }
 
 do
   local rids, users, seen_r, seen_u = {}, {}, {}, {}
   for _, op in ipairs(ops) do
-    if op.t ~= 'x' and op.t ~= 'k' and not seen_r[op.r] then
+    if op.t ~= 'expire' and op.t ~= 'reset' and not seen_r[op.r] then
       seen_r[op.r] = true
       rids[#rids + 1] = op.r
     end
-    if op.t == 'p' and op.u and not seen_u[op.u] then
+    if op.t == 'purchase' and op.u and not seen_u[op.u] then
       seen_u[op.u] = true
       users[#users + 1] = op.u
     end
@@ -464,11 +507,11 @@ local function recorded(r)
 end
 
 for i, op in ipairs(ops) do
-  if op.t == 'x' then
+  if op.t == 'expire' then
     -- Not recorded: an expiry sweep is not a client request, and running it
     -- again only expires what is due then.
     out[i] = expire_due()
-  elseif op.t == 'k' then
+  elseif op.t == 'reset' then
     -- Not recorded either: a reset forgets every recorded request.
     out[i] = reset()
   else
@@ -484,7 +527,7 @@ for i, op in ipairs(ops) do
         r = refused('unknown_operation')
       end
       answered[op.r] = r
-      if op.t == 'p' then
+      if op.t == 'purchase' then
         local status = string.match(r, '^d|([^|]*)|')
         stats[status] = (stats[status] or 0) + 1
       end

@@ -4,9 +4,10 @@
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
+use seckill_schemas::state::{op, Answer, RecordError};
 use seckill_schemas::{
-    draw_point, order_id_for, CampaignAction, CampaignKind, CampaignOutcome, CampaignSpec,
-    DecisionStatus, DrawStrategy, KeyLayout, OrderAction, OrderStatus, RequestEvent,
+    draw_point, order_id_for, CampaignAction, CampaignKind, CampaignSpec, DrawStrategy, KeyLayout,
+    OrderAction, RequestEvent,
 };
 
 /// The decision script. `redis::Script` runs it by SHA and reloads it when
@@ -115,7 +116,7 @@ impl<'a> Op<'a> {
                     None => true,
                 };
                 Op::Purchase {
-                    t: "p",
+                    t: op::PURCHASE,
                     r: &p.request_id,
                     u: &p.user_id,
                     q: p.quantity,
@@ -127,7 +128,7 @@ impl<'a> Op<'a> {
             RequestEvent::UpsertCampaign(u) => {
                 let c = &u.campaign;
                 Op::Create {
-                    t: "c",
+                    t: op::CREATE,
                     r: &u.request_id,
                     def: canonical(c),
                     kind: kind_name(c),
@@ -145,151 +146,38 @@ impl<'a> Op<'a> {
             }
             RequestEvent::CampaignCommand(c) => match &c.action {
                 CampaignAction::AddStock { quantity, prize_id } => Op::AddStock {
-                    t: "s",
+                    t: op::ADD_STOCK,
                     r: &c.request_id,
                     q: *quantity,
                     prize: prize_id.as_deref(),
                 },
                 CampaignAction::Close => Op::Simple {
-                    t: "z",
+                    t: op::CLOSE,
                     r: &c.request_id,
                 },
                 CampaignAction::Publish => Op::Simple {
-                    t: "b",
+                    t: op::PUBLISH,
                     r: &c.request_id,
                 },
                 CampaignAction::Reset => Op::Simple {
-                    t: "k",
+                    t: op::RESET,
                     r: &c.request_id,
                 },
             },
             RequestEvent::OrderCommand(o) => Op::Order {
                 t: match o.action {
-                    OrderAction::Pay => "y",
-                    OrderAction::Cancel => "n",
+                    OrderAction::Pay => op::PAY,
+                    OrderAction::Cancel => op::CANCEL,
                 },
                 r: &o.request_id,
                 o: &o.order_id,
                 u: &o.user_id,
             },
             RequestEvent::ExpireDue(e) => Op::Simple {
-                t: "x",
+                t: op::EXPIRE,
                 r: &e.request_id,
             },
         }
-    }
-}
-
-/// An order as the script reports it in a transition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderRecord {
-    pub order_id: String,
-    pub user_id: String,
-    pub quantity: u32,
-    pub price: u64,
-    pub purchase_request_id: String,
-    pub created_at_ms: i64,
-    pub expires_at_ms: i64,
-    pub prize_id: Option<String>,
-}
-
-/// One record of the script's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Purchase {
-        status: DecisionStatus,
-        reason: String,
-        order_id: Option<String>,
-        quantity: u32,
-        decided_at_ms: i64,
-        expires_at_ms: i64,
-        price: u64,
-        prize_id: Option<String>,
-        /// A free prize: the order is born paid.
-        confirmed: bool,
-    },
-    Campaign {
-        outcome: CampaignOutcome,
-        reason: Option<String>,
-        decided_at_ms: i64,
-    },
-    Transition {
-        to: OrderStatus,
-        order: OrderRecord,
-        decided_at_ms: i64,
-    },
-    CommandRefused {
-        reason: String,
-        decided_at_ms: i64,
-    },
-}
-
-fn opt(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
-}
-
-impl Outcome {
-    fn parse(raw: &str) -> Option<Self> {
-        let f: Vec<&str> = raw.split('|').collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
-        Some(match *f.first()? {
-            "d" => Outcome::Purchase {
-                status: DecisionStatus::parse(f.get(1)?)?,
-                reason: (*f.get(2)?).to_owned(),
-                order_id: opt(f.get(3)?),
-                quantity: num(4).unwrap_or(0) as u32,
-                decided_at_ms: num(5)?,
-                expires_at_ms: num(6).unwrap_or(0),
-                price: num(7).unwrap_or(0) as u64,
-                prize_id: opt(f.get(8)?),
-                confirmed: *f.get(9)? == "1",
-            },
-            "c" => Outcome::Campaign {
-                outcome: match *f.get(1)? {
-                    "created" => CampaignOutcome::Created,
-                    "unchanged" => CampaignOutcome::Unchanged,
-                    "conflict" => CampaignOutcome::Conflict,
-                    "applied" => CampaignOutcome::Applied,
-                    "refused" => CampaignOutcome::Refused,
-                    _ => return None,
-                },
-                reason: opt(f.get(2)?),
-                decided_at_ms: num(3)?,
-            },
-            "t" => Outcome::Transition {
-                to: match *f.get(1)? {
-                    "paid" => OrderStatus::Paid,
-                    "cancelled" => OrderStatus::Cancelled,
-                    "expired" => OrderStatus::Expired,
-                    _ => return None,
-                },
-                order: OrderRecord {
-                    order_id: (*f.get(2)?).to_owned(),
-                    user_id: (*f.get(3)?).to_owned(),
-                    quantity: num(4)? as u32,
-                    price: num(5).unwrap_or(0) as u64,
-                    purchase_request_id: (*f.get(6)?).to_owned(),
-                    created_at_ms: num(7).unwrap_or(0),
-                    expires_at_ms: num(8).unwrap_or(0),
-                    prize_id: opt(f.get(9)?),
-                },
-                decided_at_ms: num(10)?,
-            },
-            "r" => Outcome::CommandRefused {
-                reason: (*f.get(1)?).to_owned(),
-                decided_at_ms: num(2)?,
-            },
-            _ => return None,
-        })
-    }
-
-    /// All records of one operation's answer (an expiry sweep may have
-    /// none or many).
-    fn parse_all(raw: &str) -> Option<Vec<Self>> {
-        raw.split('\n')
-            .filter(|r| !r.is_empty())
-            .map(Self::parse)
-            .collect()
     }
 }
 
@@ -300,6 +188,8 @@ pub enum DecideError {
     Redis(#[from] redis::RedisError),
     #[error("the decision script answered {0:?}, which this build cannot read")]
     BadAnswer(String),
+    #[error("the decision script's answer does not read: {0}")]
+    Record(#[from] RecordError),
 }
 
 /// Runs the decision script.
@@ -326,7 +216,7 @@ impl Decider {
         campaign_id: &str,
         spec: Option<&CampaignSpec>,
         events: &[&RequestEvent],
-    ) -> Result<Vec<Vec<Outcome>>, DecideError> {
+    ) -> Result<Vec<Vec<Answer>>, DecideError> {
         // A create earlier in the same call defines the campaign for the
         // requests after it.
         let mut known = spec.cloned();
@@ -354,7 +244,7 @@ impl Decider {
             )));
         }
         raw.iter()
-            .map(|r| Outcome::parse_all(r).ok_or_else(|| DecideError::BadAnswer(r.clone())))
+            .map(|r| Answer::decode_all(r).map_err(DecideError::from))
             .collect()
     }
 }

@@ -7,14 +7,16 @@ mod decide;
 mod error;
 mod internal_events;
 mod restore;
+mod batch;
 mod run;
 mod sweep;
 mod translate;
+mod worker;
 
 pub use config::ProcessorConfig;
-pub use decide::{Decider, OrderRecord, Outcome};
+pub use decide::Decider;
 pub use error::ProcessorError;
-pub use restore::{encode_decision, encode_order, meta_fields, restore, CampaignImage};
+pub use restore::{meta_fields, restore, CampaignImage};
 pub use run::run;
 
 /// Connects to Redis with a connection that reconnects by itself.

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
-use seckill_schemas::runtime::KafkaConsumer;
+use seckill_kafka::KafkaConsumer;
 use tokio_util::sync::CancellationToken;
 
 use seckill_schemas::{ExpireDue, RequestEvent, SCHEMA_VERSION};
 
 use crate::internal_events;
-use crate::run::Worker;
+use crate::worker::Worker;
 
 pub(crate) async fn run(
     worker: Arc<Worker>,

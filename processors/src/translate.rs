@@ -4,10 +4,10 @@
 use seckill_schemas::{
     AwardType, CampaignAction, CampaignApplied, CampaignOutcome, CampaignSpec, DecisionStatus,
     OrderAction, OrderChanged, OrderCommandRejected, OrderCommandResult, OrderEvent, OrderStatus,
-    Rejected, RequestEvent, Reserved, SCHEMA_VERSION,
+    RefusalReason, Rejected, RequestEvent, Reserved, SCHEMA_VERSION,
 };
 
-use crate::decide::{OrderRecord, Outcome};
+use seckill_schemas::state::{Answer, OrderRecord};
 
 /// A Redis write that makes a result findable without its campaign.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +84,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 /// `message_ms` stands in for a request time the producer did not set.
 pub(crate) fn translate(
     event: &RequestEvent,
-    records: Vec<Outcome>,
+    records: Vec<Answer>,
     spec: Option<&CampaignSpec>,
     message_ms: i64,
 ) -> Translated {
@@ -94,7 +94,7 @@ pub(crate) fn translate(
         RequestEvent::PurchaseRequested(r) => {
             let requested_at_ms = r.requested_at_ms.unwrap_or(message_ms);
             for rec in records {
-                let Outcome::Purchase {
+                let Answer::Purchase {
                     status,
                     reason,
                     order_id,
@@ -142,7 +142,9 @@ pub(crate) fn translate(
                         campaign_id: r.campaign_id.clone(),
                         user_id: r.user_id.clone(),
                         status,
-                        reason,
+                        // The codec reads a decision without an order only
+                        // with its reason.
+                        reason: reason.unwrap_or(RefusalReason::UnknownOperation),
                         requested_at_ms,
                         decided_at_ms,
                     }),
@@ -162,7 +164,7 @@ pub(crate) fn translate(
                 _ => "create",
             };
             for rec in records {
-                let Outcome::Campaign {
+                let Answer::Campaign {
                     outcome,
                     reason,
                     decided_at_ms,
@@ -217,7 +219,7 @@ pub(crate) fn translate(
             };
             for rec in records {
                 match rec {
-                    Outcome::Transition {
+                    Answer::Transition {
                         to,
                         order,
                         decided_at_ms,
@@ -233,13 +235,13 @@ pub(crate) fn translate(
                         let e = changed(&c.request_id, campaign_id, order, decided_at_ms, spec);
                         out.events.extend(transition_event(to, e));
                     }
-                    Outcome::CommandRefused {
+                    Answer::CommandRefused {
                         reason,
                         decided_at_ms,
                     } => {
                         result.accepted = false;
-                        result.status = OrderStatus::after_refusal(&reason);
-                        result.reason = Some(reason.clone());
+                        result.status = OrderStatus::after_refusal(reason);
+                        result.reason = Some(reason);
                         out.events
                             .push(OrderEvent::OrderCommandRejected(OrderCommandRejected {
                                 schema_version: SCHEMA_VERSION,
@@ -262,7 +264,7 @@ pub(crate) fn translate(
         }
         RequestEvent::ExpireDue(x) => {
             for rec in records {
-                if let Outcome::Transition {
+                if let Answer::Transition {
                     to,
                     order,
                     decided_at_ms,
@@ -300,7 +302,7 @@ fn reused(event: &RequestEvent, message_ms: i64) -> OrderEvent {
             _ => String::new(),
         },
         status: DecisionStatus::NotActive,
-        reason: "request_id_reused".to_owned(),
+        reason: RefusalReason::RequestIdReused,
         requested_at_ms: message_ms,
         decided_at_ms: message_ms,
     })
@@ -341,13 +343,13 @@ mod tests {
         let t = translate(
             &command(OrderAction::Pay),
             vec![
-                Outcome::Transition {
+                Answer::Transition {
                     to: OrderStatus::Expired,
                     order: order(),
                     decided_at_ms: 5,
                 },
-                Outcome::CommandRefused {
-                    reason: "expired".into(),
+                Answer::CommandRefused {
+                    reason: RefusalReason::Expired,
                     decided_at_ms: 5,
                 },
             ],
@@ -361,7 +363,7 @@ mod tests {
         };
         let r: OrderCommandResult = serde_json::from_str(json).unwrap();
         assert!(!r.accepted);
-        assert_eq!(r.reason.as_deref(), Some("expired"));
+        assert_eq!(r.reason, Some(RefusalReason::Expired));
         assert_eq!(r.status, Some(OrderStatus::Expired));
     }
 
@@ -378,9 +380,9 @@ mod tests {
         });
         let t = translate(
             &e,
-            vec![Outcome::Purchase {
+            vec![Answer::Purchase {
                 status: DecisionStatus::Won,
-                reason: String::new(),
+                reason: None,
                 order_id: Some("o".into()),
                 quantity: 1,
                 decided_at_ms: 2,

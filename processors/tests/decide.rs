@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
 use redis::aio::ConnectionManager;
-use seckill_processors::{Decider, Outcome};
+use seckill_processors::Decider;
+use seckill_schemas::state::Answer as Outcome;
+use seckill_schemas::RefusalReason;
 use seckill_schemas::{
     CampaignAction, CampaignCommand, CampaignKind, CampaignOutcome, CampaignSpec, DecisionStatus,
     DrawStrategy, ExpireDue, KeyLayout, OrderAction, OrderCommand, OrderStatus, PrizeSpec,
@@ -231,11 +233,11 @@ async fn enforces_the_per_user_limit_and_the_window() {
     assert_eq!(s, vec![Reserved, Reserved, LimitExceeded, LimitExceeded]);
     let out = b.run("c3", &[buy("c3", "e1", "carol", 1)]).await;
     assert!(
-        matches!(&out[0][0], Outcome::Purchase { status: NotActive, reason, .. } if reason == "not_started")
+        matches!(&out[0][0], Outcome::Purchase { status: NotActive, reason, .. } if *reason == Some(RefusalReason::NotStarted))
     );
     let out = b.run("nope", &[buy("nope", "n1", "dave", 1)]).await;
     assert!(
-        matches!(&out[0][0], Outcome::Purchase { status: NotActive, reason, .. } if reason == "unknown_campaign")
+        matches!(&out[0][0], Outcome::Purchase { status: NotActive, reason, .. } if *reason == Some(RefusalReason::UnknownCampaign))
     );
 }
 
@@ -324,7 +326,7 @@ async fn pay_cancel_and_expiry_return_stock_once() {
             ..
         }
     ));
-    assert!(matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if reason == "not_owner"));
+    assert!(matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::NotOwner));
     assert_eq!(b.stock("c6").await, (4, 2, 1, 1));
 
     // Past the deadline: a late pay expires the order and is refused; the
@@ -352,9 +354,9 @@ async fn pay_cancel_and_expiry_return_stock_once() {
             ..
         }
     ));
-    assert!(matches!(&out[0][1], Outcome::CommandRefused { reason, .. } if reason == "expired"));
+    assert!(matches!(&out[0][1], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Expired));
     assert!(out[1].is_empty(), "nothing left to expire: {:?}", out[1]);
-    assert!(matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if reason == "expired"));
+    assert!(matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Expired));
     assert_eq!(b.stock("c6").await, (4, 3, 0, 1));
 
     // Cancelling a paid order and paying a cancelled one are refused.
@@ -368,9 +370,9 @@ async fn pay_cancel_and_expiry_return_stock_once() {
         )
         .await;
     assert!(
-        matches!(&out[0][0], Outcome::CommandRefused { reason, .. } if reason == "already_paid")
+        matches!(&out[0][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::AlreadyPaid)
     );
-    assert!(matches!(&out[1][0], Outcome::CommandRefused { reason, .. } if reason == "cancelled"));
+    assert!(matches!(&out[1][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Cancelled));
     assert_eq!(b.stock("c6").await, (4, 3, 0, 1));
 
     // The cancelled user may buy again; a sweep expires only what is due.
@@ -386,7 +388,7 @@ async fn add_stock_close_publish_and_reset() {
     spec.draft = true;
     b.create(spec).await;
     let out = b.run("c7", &[buy("c7", "d1", "u1", 1)]).await;
-    assert!(matches!(&out[0][0], Outcome::Purchase { reason, .. } if reason == "draft"));
+    assert!(matches!(&out[0][0], Outcome::Purchase { reason, .. } if *reason == Some(RefusalReason::Draft)));
     let out = b
         .run(
             "c7",
@@ -423,7 +425,7 @@ async fn add_stock_close_publish_and_reset() {
         [status(&out[4]), status(&out[5]), status(&out[6])],
         [Reserved, Reserved, SoldOut]
     );
-    assert!(matches!(&out[8][0], Outcome::Purchase { reason, .. } if reason == "closed"));
+    assert!(matches!(&out[8][0], Outcome::Purchase { reason, .. } if *reason == Some(RefusalReason::Closed)));
     assert_eq!(b.stock("c7").await, (3, 0, 3, 0));
     let out = b
         .run("c7", &[admin("c7", "reset", CampaignAction::Reset)])

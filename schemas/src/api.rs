@@ -2,7 +2,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::Attributes;
-use crate::AwardType;
+use crate::{AwardType, RefusalReason};
 
 /// Body of `POST /v1/purchases`. The user comes from the request's identity,
 /// never from the body.
@@ -90,7 +90,7 @@ pub struct Decision {
     pub user_id: String,
     pub status: DecisionStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<RefusalReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,13 +128,20 @@ impl OrderStatus {
 
     /// The status an order must be in for a pay or cancel to be refused
     /// with `reason` (`already_paid`, `cancelled`, `expired`), if it says.
-    pub fn after_refusal(reason: &str) -> Option<Self> {
+    pub fn after_refusal(reason: RefusalReason) -> Option<Self> {
         match reason {
-            "already_paid" => Some(Self::Paid),
-            "cancelled" => Some(Self::Cancelled),
-            "expired" => Some(Self::Expired),
+            RefusalReason::AlreadyPaid => Some(Self::Paid),
+            RefusalReason::Cancelled => Some(Self::Cancelled),
+            RefusalReason::Expired => Some(Self::Expired),
             _ => None,
         }
+    }
+
+    pub const ALL: [Self; 4] = [Self::Reserved, Self::Paid, Self::Cancelled, Self::Expired];
+
+    /// Whether the order's units count against the stock (reserved or paid).
+    pub fn holds_stock(self) -> bool {
+        matches!(self, Self::Reserved | Self::Paid)
     }
 
     /// Statuses only move to a higher rank.
@@ -159,7 +166,7 @@ pub struct OrderCommandResult {
     /// Why it was refused: `not_found`, `not_owner`, `expired`,
     /// `already_paid`, `cancelled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<RefusalReason>,
 }
 
 /// `GET /v1/campaigns/{id}/users/{user_id}`: has this user bought?
@@ -190,8 +197,7 @@ pub struct OrderView {
     pub user_id: String,
     pub quantity: u32,
     pub price: u64,
-    /// `reserved`, `paid`, `cancelled` or `expired`.
-    pub status: String,
+    pub status: OrderStatus,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub expires_at_ms: i64,
@@ -201,4 +207,48 @@ pub struct OrderView {
     pub item_name: String,
     #[serde(default)]
     pub award_type: AwardType,
+}
+
+/// An order status word this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown order status {0:?} (expected reserved, paid, cancelled or expired)")]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for OrderStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_status_reads_back_and_an_unknown_word_is_an_error() {
+        for s in OrderStatus::ALL {
+            assert_eq!(s.as_str().parse::<OrderStatus>(), Ok(s));
+        }
+        assert_eq!(
+            "refunded".parse::<OrderStatus>(),
+            Err(UnknownStatus("refunded".into()))
+        );
+        // The store view carries the typed status; an unknown one does not
+        // deserialize into a guess.
+        let view = r#"{"order_id":"o","request_id":"r","campaign_id":"c","user_id":"u",
+            "quantity":1,"price":0,"status":"shipped","created_at_ms":0,"updated_at_ms":0,
+            "expires_at_ms":0}"#;
+        assert!(serde_json::from_str::<OrderView>(view).is_err());
+    }
 }

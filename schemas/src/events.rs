@@ -2,7 +2,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::Attributes;
-use crate::{AwardType, CampaignSpec, Decision, DecisionStatus, OrderStatus};
+use crate::{AwardType, CampaignSpec, Decision, DecisionStatus, OrderStatus, RefusalReason};
 
 /// A message on the requests topic (key = campaign id). Purchases and every
 /// command that changes a campaign or one of its orders share the topic, so
@@ -211,7 +211,7 @@ impl OrderEvent {
                 campaign_id: e.campaign_id.clone(),
                 user_id: e.user_id.clone(),
                 status: e.status,
-                reason: Some(e.reason.clone()),
+                reason: Some(e.reason),
                 order_id: None,
                 quantity: None,
                 expires_at_ms: None,
@@ -342,7 +342,7 @@ pub struct Rejected {
     pub status: DecisionStatus,
     /// Machine-readable detail, e.g. `not_started`, `ended`, `closed`,
     /// `unknown_campaign`, `max_attempts`.
-    pub reason: String,
+    pub reason: RefusalReason,
     pub requested_at_ms: i64,
     pub decided_at_ms: i64,
 }
@@ -381,7 +381,7 @@ pub struct OrderCommandRejected {
     pub user_id: String,
     pub action: OrderAction,
     /// `not_found`, `not_owner`, `expired`, `already_paid`, `cancelled`.
-    pub reason: String,
+    pub reason: RefusalReason,
     pub decided_at_ms: i64,
 }
 
@@ -408,7 +408,7 @@ pub struct CampaignApplied {
     #[serde(default = "create_action")]
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<RefusalReason>,
     pub decided_at_ms: i64,
     /// The definition, on a create that took effect; with the stock added
     /// since, the order log alone can rebuild the campaign's counters.

@@ -14,19 +14,17 @@ mod api;
 mod campaign;
 mod events;
 mod ids;
-mod keys;
+mod reason;
 mod rules;
+pub mod state;
 mod topics;
 mod validate;
-
-#[cfg(feature = "runtime")]
-pub mod runtime;
 
 pub mod json_schema;
 
 pub use api::{
     AddStockBody, Decision, DecisionStatus, OrderCommandResult, OrderStatus, OrderView,
-    PurchaseBody, RequestAccepted, UserParticipation,
+    PurchaseBody, RequestAccepted, UnknownStatus, UserParticipation,
 };
 pub use campaign::{
     AwardType, CampaignKind, CampaignSpec, CampaignState, CampaignView, DrawStrategy, PrizeSpec,
@@ -38,7 +36,8 @@ pub use events::{
     OrderRow, PurchaseRequested, Rejected, RequestEvent, Reserved, UpsertCampaign,
 };
 pub use ids::{draw_point, order_id_for, request_id_for_key};
-pub use keys::{CampaignKeys, KeyLayout};
+pub use reason::{RefusalReason, UnknownReason};
+pub use state::{CampaignKeys, KeyLayout};
 pub use rules::{Attributes, CompareOp, Rule};
 pub use topics::Topics;
 pub use validate::{validate_campaign_id, validate_user_id, ValidationError, MAX_QUANTITY};

@@ -4,8 +4,6 @@
 mod config;
 mod internal_events;
 mod run;
-pub mod store;
 
 pub use config::SinkConfig;
 pub use run::{run, SinkStartError};
-pub use store::{open_store, FaultInjection, OrderFilter, OrderStore, StoreError};

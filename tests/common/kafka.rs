@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::{Decision, OrderEvent};
 
 /// Whether the broker answers a metadata request (blocking client on the

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use seckill_schemas::runtime::KafkaSettings;
+use seckill_kafka::KafkaSettings;
 use seckill_schemas::{KeyLayout, Topics};
 
 // Not every suite uses every helper.

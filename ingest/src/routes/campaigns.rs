@@ -12,7 +12,7 @@ use serde_json::json;
 
 use seckill_schemas::{
     now_ms, validate_campaign_id, AddStockBody, CampaignAction, CampaignApplied, CampaignCommand,
-    CampaignOutcome, CampaignSpec, RequestEvent, UpsertCampaign, UserParticipation, SCHEMA_VERSION,
+    CampaignOutcome, CampaignSpec, RefusalReason, RequestEvent, UpsertCampaign, UserParticipation, SCHEMA_VERSION,
 };
 
 use super::queue::submit;
@@ -187,7 +187,7 @@ async fn command(
         Some(a) => Err(Problem::conflict(format!(
             "{} refused: {}",
             a.action,
-            a.reason.as_deref().unwrap_or("refused")
+            a.reason.map_or("refused", RefusalReason::as_str)
         ))),
         None => Err(Problem::unavailable(
             "the command was queued but not applied within 10 s (are the processors running?)",

@@ -20,7 +20,7 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let limit = Duration::from_secs(3);
     let kafka = tokio::time::timeout(
         limit,
-        seckill_schemas::runtime::broker_reachable(&app.producer),
+        seckill_kafka::broker_reachable(&app.producer),
     );
     let mut con = app.redis.clone();
     let redis = tokio::time::timeout(limit, async move {
@@ -44,20 +44,11 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
-/// Every metric of this process in the Prometheus text format.
-pub fn metrics_text() -> String {
-    let mut buf = String::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&prometheus::gather(), &mut buf) {
-        tracing::warn!(error = %e, "metrics encoding failed");
-    }
-    buf
-}
-
 pub(super) async fn metrics() -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics_text(),
+        seckill_kafka::metrics_text(),
     )
         .into_response()
 }

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use health::metrics_text;
 
 use crate::internal_events;
 use crate::problem::Problem;

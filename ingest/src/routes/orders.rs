@@ -8,10 +8,10 @@ use axum::Json;
 use serde::Deserialize;
 
 use seckill_schemas::{
-    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, RequestEvent,
+    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, RefusalReason, RequestEvent,
     SCHEMA_VERSION,
 };
-use seckill_sinks::OrderFilter;
+use seckill_store::OrderFilter;
 
 use super::campaigns::read_result;
 use super::purchases::{idempotency_key, user_of};
@@ -118,27 +118,35 @@ async fn campaign_of(app: &App, order_id: &str) -> Result<Option<String>, Proble
 }
 
 fn refused(result: &OrderCommandResult) -> Problem {
-    let reason = result.reason.as_deref().unwrap_or("refused");
-    let detail = match reason {
-        "not_found" => "no such order".to_owned(),
-        "not_owner" => "the order belongs to another user".to_owned(),
-        "expired" => "the payment deadline has passed; the units went back on sale".to_owned(),
-        "already_paid" => "the order is paid already".to_owned(),
-        "cancelled" => "the order was cancelled".to_owned(),
-        other => format!("refused: {other}"),
+    let (status, detail) = match result.reason {
+        Some(RefusalReason::NotFound) => (StatusCode::NOT_FOUND, "no such order".to_owned()),
+        Some(RefusalReason::NotOwner) => (
+            StatusCode::FORBIDDEN,
+            "the order belongs to another user".to_owned(),
+        ),
+        Some(RefusalReason::Expired) => (
+            StatusCode::CONFLICT,
+            "the payment deadline has passed; the units went back on sale".to_owned(),
+        ),
+        Some(RefusalReason::AlreadyPaid) => {
+            (StatusCode::CONFLICT, "the order is paid already".to_owned())
+        }
+        Some(RefusalReason::Cancelled) => {
+            (StatusCode::CONFLICT, "the order was cancelled".to_owned())
+        }
+        Some(other) => (StatusCode::CONFLICT, format!("refused: {other}")),
+        None => (StatusCode::CONFLICT, "refused".to_owned()),
     };
-    let status = match reason {
-        "not_found" => StatusCode::NOT_FOUND,
-        "not_owner" => StatusCode::FORBIDDEN,
-        _ => StatusCode::CONFLICT,
-    };
-    Problem::new(
+    let problem = Problem::new(
         status,
         status.canonical_reason().unwrap_or("Conflict"),
         detail,
     )
-    .request_id(result.request_id.clone())
-    .reason(reason.to_owned())
+    .request_id(result.request_id.clone());
+    match result.reason {
+        Some(reason) => problem.reason(reason.as_str().to_owned()),
+        None => problem,
+    }
 }
 
 async fn order_command(

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use seckill_schemas::{
     now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Attributes, CampaignKind,
-    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RequestEvent,
+    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RefusalReason, RequestEvent,
     MAX_QUANTITY, SCHEMA_VERSION,
 };
 
@@ -85,24 +85,24 @@ fn fast_answer(
     snap: &Snapshot,
     quantity: u32,
     attributes: Option<&Attributes>,
-) -> Option<(DecisionStatus, &'static str)> {
+) -> Option<(DecisionStatus, RefusalReason)> {
     let now = now_ms();
     if snap.draft && !snap.closed {
-        return Some((DecisionStatus::NotActive, "draft"));
+        return Some((DecisionStatus::NotActive, RefusalReason::Draft));
     }
     if snap.closed {
-        return Some((DecisionStatus::NotActive, "closed"));
+        return Some((DecisionStatus::NotActive, RefusalReason::Closed));
     }
     if now < snap.starts_ms - WINDOW_GRACE_MS {
-        return Some((DecisionStatus::NotActive, "not_started"));
+        return Some((DecisionStatus::NotActive, RefusalReason::NotStarted));
     }
     if now >= snap.ends_ms + WINDOW_GRACE_MS {
-        return Some((DecisionStatus::NotActive, "ended"));
+        return Some((DecisionStatus::NotActive, RefusalReason::Ended));
     }
     // The same rule the processor applies; the definition never changes.
     if let Some(rule) = &snap.spec.eligibility {
         if !attributes.is_some_and(|a| rule.eval(a)) {
-            return Some((DecisionStatus::NotEligible, "not_eligible"));
+            return Some((DecisionStatus::NotEligible, RefusalReason::NotEligible));
         }
     }
     // Only a clear sell-out is answered here: the state is at most one cache
@@ -110,7 +110,7 @@ fn fast_answer(
     if state_at(snap.starts_ms, snap.ends_ms, snap.closed, snap.draft, now) == CampaignState::Active
         && snap.available < u64::from(quantity)
     {
-        return Some((DecisionStatus::SoldOut, "sold_out"));
+        return Some((DecisionStatus::SoldOut, RefusalReason::SoldOut));
     }
     None
 }
@@ -201,7 +201,7 @@ async fn purchase(
                     campaign_id: body.campaign_id,
                     user_id: user,
                     status,
-                    reason: Some(reason.to_owned()),
+                    reason: Some(reason),
                     order_id: None,
                     quantity: None,
                     expires_at_ms: None,

@@ -7,11 +7,12 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use seckill_schemas::runtime::{dead_letter, failure_headers, forward, ErrorClass};
+use seckill_kafka::{dead_letter, failure_headers, forward, retry_until, Backoff, ErrorClass};
 use seckill_schemas::{now_ms, FulfilmentRequested, OrderEvent, OrderStatus, SCHEMA_VERSION};
 
-use super::pause;
-use crate::{internal_events, OrderStore, SinkConfig, StoreError};
+use seckill_store::{OrderStore, StoreError};
+
+use crate::{internal_events, SinkConfig};
 
 pub(crate) struct Sink {
     pub(crate) store: Arc<dyn OrderStore>,
@@ -154,46 +155,43 @@ impl Sink {
         } else {
             None
         };
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let sent = match &target {
-                Some((topic, due)) => {
-                    let headers = failure_headers(message, class, error, Some(*due));
-                    forward(&self.producer, topic, message, headers).await
-                }
-                None => {
-                    dead_letter(
-                        &self.producer,
-                        &self.config.topics.orders_dlq,
-                        message,
-                        class,
-                        error,
-                    )
-                    .await
-                }
-            };
-            match sent {
-                Ok(()) => {
-                    match &target {
-                        Some(_) => internal_events::retried(next),
-                        None => internal_events::dead_lettered(
-                            class.as_str(),
-                            error,
-                            message.partition(),
-                            message.offset(),
-                        ),
+        let sent = retry_until(
+            &self.cancel,
+            Backoff::STEP,
+            || async {
+                match &target {
+                    Some((topic, due)) => {
+                        let headers = failure_headers(message, class, error, Some(*due));
+                        forward(&self.producer, topic, message, headers).await
                     }
-                    return true;
+                    None => {
+                        dead_letter(
+                            &self.producer,
+                            &self.config.topics.orders_dlq,
+                            message,
+                            class,
+                            error,
+                        )
+                        .await
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "passing a failed order event on failed; retrying")
-                }
-            }
-            if pause(&self.cancel, backoff).await {
-                return false;
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            },
+            |e| tracing::warn!(error = %e, "passing a failed order event on failed; retrying"),
+        )
+        .await;
+        if sent.is_none() {
+            return false;
         }
+        match &target {
+            Some(_) => internal_events::retried(next),
+            None => internal_events::dead_lettered(
+                class.as_str(),
+                error,
+                message.partition(),
+                message.offset(),
+            ),
+        }
+        true
     }
 
     /// Publishes one fulfilment event per paid order or free prize in
@@ -210,22 +208,21 @@ impl Sink {
                 )
             })
             .collect();
-        let mut backoff = Duration::from_millis(50);
         for (order_id, payload) in &wanted {
-            loop {
-                let record = FutureRecord::to(&self.config.topics.fulfilment)
-                    .key(order_id.as_str())
-                    .payload(payload.as_slice());
-                match self.producer.send(record, Duration::from_secs(5)).await {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        tracing::warn!(error = %e, "publishing a fulfilment event failed; retrying")
-                    }
-                }
-                if pause(&self.cancel, backoff).await {
-                    return false;
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+            let sent = retry_until(
+                &self.cancel,
+                Backoff::STEP,
+                || {
+                    let record = FutureRecord::to(&self.config.topics.fulfilment)
+                        .key(order_id.as_str())
+                        .payload(payload.as_slice());
+                    self.producer.send(record, Duration::from_secs(5))
+                },
+                |(e, _)| tracing::warn!(error = %e, "publishing a fulfilment event failed; retrying"),
+            )
+            .await;
+            if sent.is_none() {
+                return false;
             }
         }
         internal_events::fulfilments(wanted.len());

@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use seckill_schemas::runtime::{next_batch, store_done};
+use seckill_kafka::{next_batch, store_done};
 
-use crate::{OrderStore, SinkConfig};
+use seckill_store::OrderStore;
+
+use crate::SinkConfig;
 use handler::Sink;
 
 /// Why a sink could not start.
@@ -34,13 +36,6 @@ use handler::Sink;
 pub struct SinkStartError {
     brokers: String,
     source: rdkafka::error::KafkaError,
-}
-
-pub(crate) async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => true,
-        _ = tokio::time::sleep(d) => false,
-    }
 }
 
 /// Runs one sink (main loop and retry tiers) until `cancel` fires; the
@@ -103,9 +98,9 @@ pub async fn run(
         let replays = batch
             .iter()
             .filter(|m| {
-                seckill_schemas::runtime::header_str(
+                seckill_kafka::header_str(
                     m,
-                    seckill_schemas::runtime::headers::REPLAY_COUNT,
+                    seckill_kafka::headers::REPLAY_COUNT,
                 )
                 .is_some()
             })
@@ -118,7 +113,7 @@ pub async fn run(
         }
         store_done(&consumer, &batch);
     }
-    seckill_schemas::runtime::commit_on_stop(&consumer);
+    seckill_kafka::commit_on_stop(&consumer);
     for t in tiers {
         let _ = t.await;
     }
@@ -163,8 +158,9 @@ async fn watch_dlq_backlog(
                 crate::internal_events::dlq_backlog(&topic, n);
             }
         }
-        if pause(&cancel, Duration::from_secs(15)).await {
-            return;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {}
         }
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use seckill_schemas::runtime::KafkaConsumer;
+use seckill_kafka::KafkaConsumer;
 
 use seckill_schemas::now_ms;
-use seckill_schemas::runtime::{header_i64, headers, store_done};
+use seckill_kafka::{header_i64, headers, store_done};
 
 use super::handler::{parse, Sink};
 
@@ -93,5 +93,5 @@ pub(super) async fn run(sink: Arc<Sink>, tier: usize, consumer: Arc<KafkaConsume
         }
         store_done(&consumer, std::slice::from_ref(&message));
     }
-    seckill_schemas::runtime::commit_on_stop(&consumer);
+    seckill_kafka::commit_on_stop(&consumer);
 }

@@ -1,4 +1,6 @@
-//! The order store: a trait, and backends chosen by URL scheme.
+//! The order store: the `OrderStore` trait, and backends chosen by URL
+//! scheme (SQLite embedded, ScyllaDB in production), a fault-injection
+//! wrapper for drills, and one conformance suite every backend passes.
 
 mod faults;
 mod scylla;

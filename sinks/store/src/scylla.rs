@@ -15,7 +15,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 use seckill_schemas::{OrderEvent, OrderView};
 
-use super::{OrderFilter, OrderStore, StoreError};
+use crate::{OrderFilter, OrderStore, StoreError};
 
 const COLUMNS: &str = "order_id, request_id, campaign_id, user_id, quantity, price, status, \
                        created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type";
@@ -54,15 +54,18 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn view(r: OrderRowTuple) -> OrderView {
-    OrderView {
+fn view(r: OrderRowTuple) -> Result<OrderView, StoreError> {
+    let status = r.6.parse().map_err(|e| {
+        StoreError::Invalid(format!("order {} in the store: {e}", r.0))
+    })?;
+    Ok(OrderView {
         order_id: r.0,
         request_id: r.1,
         campaign_id: r.2,
         user_id: r.3,
         quantity: r.4.max(0) as u32,
         price: r.5.max(0) as u64,
-        status: r.6,
+        status,
         created_at_ms: r.7,
         updated_at_ms: r.8,
         expires_at_ms: r.9,
@@ -72,7 +75,7 @@ fn view(r: OrderRowTuple) -> OrderView {
             .12
             .and_then(|a| serde_json::from_value(serde_json::Value::String(a)).ok())
             .unwrap_or_default(),
-    }
+    })
 }
 
 /// Whether a lightweight transaction took effect (its `[applied]` column).
@@ -261,7 +264,7 @@ impl OrderStore for ScyllaStore {
         let row = res
             .maybe_first_row::<OrderRowTuple>()
             .map_err(unavailable)?;
-        Ok(row.map(view))
+        row.map(view).transpose()
     }
 
     async fn list_orders(&self, filter: &OrderFilter) -> Result<Vec<OrderView>, StoreError> {

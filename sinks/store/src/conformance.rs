@@ -3,10 +3,11 @@
 //! configured.
 
 use seckill_schemas::{
-    order_id_for, AwardType, DecisionStatus, OrderChanged, OrderEvent, Rejected, Reserved,
+    order_id_for, AwardType, DecisionStatus, OrderChanged, OrderEvent, OrderStatus, RefusalReason,
+    Rejected, Reserved,
 };
 
-use super::{OrderFilter, OrderStore};
+use crate::{OrderFilter, OrderStore};
 
 fn reserved(request: &str, campaign: &str, user: &str) -> OrderEvent {
     OrderEvent::Reserved(Reserved {
@@ -60,7 +61,7 @@ pub(super) async fn status_only_moves_forward(store: &dyn OrderStore) {
         ])
         .await
         .unwrap();
-    assert_eq!(store.get_order(&id).await.unwrap().unwrap().status, "paid");
+    assert_eq!(store.get_order(&id).await.unwrap().unwrap().status, OrderStatus::Paid);
 
     // A state change whose creation the store never saw still lands whole.
     store
@@ -88,7 +89,7 @@ pub(super) async fn applying_twice_leaves_one_row(store: &dyn OrderStore) {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].order_id, order_id_for("r1"));
-    assert_eq!(rows[0].status, "reserved");
+    assert_eq!(rows[0].status, OrderStatus::Reserved);
     assert_eq!(rows[0].expires_at_ms, 300_002);
 }
 
@@ -99,7 +100,7 @@ pub(super) async fn rejections_store_nothing(store: &dyn OrderStore) {
         campaign_id: "c2".into(),
         user_id: "u2".into(),
         status: DecisionStatus::SoldOut,
-        reason: "sold_out".into(),
+        reason: RefusalReason::SoldOut,
         requested_at_ms: 1,
         decided_at_ms: 2,
     });

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use seckill_schemas::{OrderEvent, OrderView};
 
-use super::{OrderFilter, OrderStore, StoreError};
+use crate::{OrderFilter, OrderStore, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
@@ -112,7 +112,12 @@ fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderView> {
         user_id: row.get(3)?,
         quantity: row.get(4)?,
         price: row.get::<_, i64>(5)? as u64,
-        status: row.get(6)?,
+        status: {
+            let raw: String = row.get(6)?;
+            raw.parse().map_err(|e: seckill_schemas::UnknownStatus| {
+                rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
+            })?
+        },
         created_at_ms: row.get(7)?,
         updated_at_ms: row.get(8)?,
         expires_at_ms: row.get(9)?,

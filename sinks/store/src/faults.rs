@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use seckill_schemas::{OrderEvent, OrderView};
 
-use super::{OrderFilter, OrderStore, StoreError};
+use crate::{OrderFilter, OrderStore, StoreError};
 
 pub struct FaultInjection {
     inner: Arc<dyn OrderStore>,

@@ -1,0 +1,120 @@
+//! One batch as it moves through the processor: read messages, the requests
+//! among them grouped by campaign, and the messages that can never be
+//! decided.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::DeliveryFuture;
+use seckill_kafka::ErrorClass;
+use seckill_schemas::{CampaignSpec, RequestEvent};
+
+use seckill_schemas::state::Answer;
+
+/// A request of the batch and where it came from.
+pub(crate) struct Request {
+    /// Index of its message in [`Batch::messages`].
+    pub(crate) at: usize,
+    pub(crate) event: RequestEvent,
+}
+
+/// One campaign's requests of a batch, in offset order, and once decided
+/// the campaign's stored definition and each request's records.
+pub(crate) struct CampaignPart {
+    pub(crate) campaign_id: String,
+    pub(crate) requests: Vec<Request>,
+    /// The stored definition, when the campaign exists (filled by deciding).
+    pub(crate) spec: Option<Arc<CampaignSpec>>,
+    /// Per request, in the same order (filled by deciding).
+    pub(crate) outcomes: Vec<Vec<Answer>>,
+}
+
+/// A message that can never be decided, and why.
+pub(crate) struct Undecidable {
+    pub(crate) at: usize,
+    pub(crate) class: ErrorClass,
+    pub(crate) reason: String,
+}
+
+/// A batch read from the requests topic.
+pub(crate) struct Batch {
+    pub(crate) messages: Vec<OwnedMessage>,
+    /// Campaigns in order of first appearance.
+    pub(crate) campaigns: Vec<CampaignPart>,
+    pub(crate) undecidable: Vec<Undecidable>,
+}
+
+impl Batch {
+    /// Parses `messages` and groups the requests by campaign, keeping offset
+    /// order inside each campaign.
+    pub(crate) fn new(messages: Vec<OwnedMessage>) -> Self {
+        let mut campaigns: Vec<CampaignPart> = Vec::new();
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        let mut undecidable = Vec::new();
+        for (at, m) in messages.iter().enumerate() {
+            let event = match parse(m) {
+                Ok(event) => event,
+                Err((class, reason)) => {
+                    undecidable.push(Undecidable { at, class, reason });
+                    continue;
+                }
+            };
+            let cid = event.campaign_id();
+            let slot = match slots.get(cid) {
+                Some(&slot) => slot,
+                None => {
+                    slots.insert(cid.to_owned(), campaigns.len());
+                    campaigns.push(CampaignPart {
+                        campaign_id: cid.to_owned(),
+                        requests: Vec::new(),
+                        spec: None,
+                        outcomes: Vec::new(),
+                    });
+                    campaigns.len() - 1
+                }
+            };
+            campaigns[slot].requests.push(Request { at, event });
+        }
+        Self {
+            messages,
+            campaigns,
+            undecidable,
+        }
+    }
+}
+
+/// Why a message can never be decided: unreadable, or readable but not a
+/// valid request (both go to the requests DLQ at once).
+fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
+    let unparseable = |e: String| (ErrorClass::Unparseable, e);
+    let payload = message
+        .payload()
+        .ok_or_else(|| unparseable("empty payload".into()))?;
+    let event: RequestEvent = serde_json::from_slice(payload)
+        .map_err(|e| unparseable(format!("invalid JSON request event: {e}")))?;
+    event
+        .validate()
+        .map_err(|e| (ErrorClass::Permanent, format!("invalid request event: {e}")))?;
+    // The key decides the partition and so the campaign's single writer; a
+    // message keyed differently would be decided out of order.
+    if message.key() != Some(event.campaign_id().as_bytes()) {
+        return Err((
+            ErrorClass::Permanent,
+            format!(
+                "message key must equal campaign_id {:?}",
+                event.campaign_id()
+            ),
+        ));
+    }
+    Ok(event)
+}
+
+/// A decided batch on its way to the broker.
+pub(crate) struct InFlight {
+    pub(crate) messages: Vec<OwnedMessage>,
+    /// (campaign, event JSON) per event to publish.
+    pub(crate) payloads: Vec<(String, Vec<u8>)>,
+    /// The producer's receipts: (index in `payloads`, receipt).
+    pub(crate) deliveries: Vec<(usize, DeliveryFuture)>,
+}

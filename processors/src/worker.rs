@@ -1,0 +1,341 @@
+//! The stages of a processor, shared by the batch loop and the expiry
+//! sweeper: deciding a batch (Redis), emitting its events, and settling
+//! them with the broker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use seckill_kafka::{dead_letter, retry_until, Backoff, ErrorClass};
+use seckill_schemas::{CampaignSpec, KeyLayout, RequestEvent};
+
+use crate::batch::{Batch, InFlight};
+use crate::decide::{DecideError, Decider};
+use crate::translate::{translate, Lookup};
+use crate::{internal_events, ProcessorConfig};
+
+pub(crate) struct Worker {
+    decider: Decider,
+    defs: Mutex<HashMap<String, Arc<CampaignSpec>>>,
+    keys: KeyLayout,
+    redis: ConnectionManager,
+    producer: FutureProducer,
+    config: ProcessorConfig,
+    cancel: CancellationToken,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        config: ProcessorConfig,
+        redis: ConnectionManager,
+        producer: FutureProducer,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            decider: Decider::new(&config.key_prefix),
+            defs: Mutex::new(HashMap::new()),
+            keys: KeyLayout::new(config.key_prefix.clone()),
+            redis,
+            producer,
+            config,
+            cancel,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &ProcessorConfig {
+        &self.config
+    }
+
+    pub(crate) fn redis(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    pub(crate) fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    pub(crate) fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Decides every campaign of `batch`: one Lua call per campaign, run
+    /// concurrently, repeated until all succeed (a repeat returns the
+    /// stored decisions). Returns `None` only when stopped first.
+    pub(crate) async fn decide(&self, mut batch: Batch) -> Option<Batch> {
+        let all = retry_until(
+            &self.cancel,
+            Backoff::STEP,
+            || async {
+                let calls = batch.campaigns.iter().map(|part| {
+                    let mut con = self.redis.clone();
+                    let events: Vec<&RequestEvent> =
+                        part.requests.iter().map(|r| &r.event).collect();
+                    async move {
+                        let cid = part.campaign_id.as_str();
+                        let spec = self
+                            .definition(&mut con, cid)
+                            .await
+                            .map_err(DecideError::from)?;
+                        let started = Instant::now();
+                        let r = self
+                            .decider
+                            .decide(&mut con, cid, spec.as_deref(), &events)
+                            .await;
+                        internal_events::lua_call(started.elapsed().as_secs_f64());
+                        r.map(|outs| (spec, outs))
+                    }
+                });
+                // The batch is decided when every campaign of it is.
+                join_all(calls)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+            },
+            |e| internal_events::step_failed("decide", e),
+        )
+        .await?;
+        for (part, (spec, outcomes)) in batch.campaigns.iter_mut().zip(all) {
+            // A campaign created in this very batch has no stored definition
+            // yet; its create command carries it.
+            part.spec = spec.or_else(|| {
+                part.requests.iter().find_map(|r| match &r.event {
+                    RequestEvent::UpsertCampaign(u) => Some(Arc::new(u.campaign.clone())),
+                    _ => None,
+                })
+            });
+            part.outcomes = outcomes;
+        }
+        Some(batch)
+    }
+
+    /// Turns a decided batch into events, writes their lookups and hands
+    /// the events to the producer. Returns `None` only when stopped first.
+    pub(crate) async fn emit(&self, batch: Batch) -> Option<InFlight> {
+        let Batch {
+            messages,
+            campaigns,
+            undecidable,
+        } = batch;
+        let mut payloads: Vec<(String, Vec<u8>)> = Vec::with_capacity(messages.len());
+        let mut lookups = Vec::new();
+        for part in campaigns {
+            for (request, records) in part.requests.iter().zip(part.outcomes) {
+                let message_ms = messages[request.at].timestamp().to_millis().unwrap_or(0);
+                let t = translate(&request.event, records, part.spec.as_deref(), message_ms);
+                for e in &t.events {
+                    if let Some(d) = e.decision() {
+                        internal_events::decided(d.status.as_str());
+                    }
+                    payloads.push((
+                        part.campaign_id.clone(),
+                        serde_json::to_vec(e).unwrap_or_default(),
+                    ));
+                }
+                lookups.extend(t.lookups.into_iter().map(|l| (part.campaign_id.clone(), l)));
+            }
+        }
+        for bad in &undecidable {
+            if !self
+                .dead_letter(&messages[bad.at], bad.class, &bad.reason)
+                .await
+            {
+                return None;
+            }
+        }
+        // The lookups go first: whoever reads an event must be able to
+        // find what it names (a pay right after a reservation looks up the
+        // order's campaign).
+        if let Some(pipe) = self.index_pipeline(&lookups) {
+            retry_until(
+                &self.cancel,
+                Backoff::STEP,
+                || {
+                    let mut con = self.redis.clone();
+                    let pipe = &pipe;
+                    async move { pipe.query_async::<()>(&mut con).await }
+                },
+                |e| internal_events::step_failed("index", e),
+            )
+            .await?;
+        }
+        let deliveries = self.send_all(&payloads, 0..payloads.len()).await;
+        Some(InFlight {
+            messages,
+            payloads,
+            deliveries,
+        })
+    }
+
+    /// Waits until the broker has acknowledged every event of the batch,
+    /// sending the refused ones again. Returns false only when stopped
+    /// first.
+    pub(crate) async fn settle(&self, batch: &mut InFlight) -> bool {
+        // Receipts still to wait for, and the events to send again before
+        // the next wait; locked only between awaits.
+        let pending = Mutex::new((std::mem::take(&mut batch.deliveries), Vec::new()));
+        let payloads = &batch.payloads;
+        let settled = retry_until(
+            &self.cancel,
+            Backoff::STEP,
+            || async {
+                let (mut deliveries, again) = std::mem::take(&mut *lock(&pending));
+                if !again.is_empty() {
+                    deliveries = self.send_all(payloads, again).await;
+                }
+                let results = join_all(
+                    deliveries
+                        .into_iter()
+                        .map(|(i, f)| async move { (i, f.await) }),
+                )
+                .await;
+                let failed: Vec<usize> = results
+                    .into_iter()
+                    .filter_map(|(i, r)| match r {
+                        Ok(Ok(_)) => None,
+                        Ok(Err((e, _))) => {
+                            internal_events::step_failed("produce", &e);
+                            Some(i)
+                        }
+                        Err(_) => Some(i),
+                    })
+                    .collect();
+                if failed.is_empty() {
+                    return Ok(());
+                }
+                let n = failed.len();
+                lock(&pending).1 = failed;
+                Err(n)
+            },
+            |_| {},
+        )
+        .await;
+        if settled.is_none() {
+            return false;
+        }
+        internal_events::events_emitted(batch.payloads.len());
+        true
+    }
+
+    /// The stored definition of a campaign, cached: a definition never
+    /// changes once created (a different one is refused as a conflict).
+    async fn definition(
+        &self,
+        con: &mut ConnectionManager,
+        campaign_id: &str,
+    ) -> Result<Option<Arc<CampaignSpec>>, redis::RedisError> {
+        if let Some(spec) = lock(&self.defs).get(campaign_id) {
+            return Ok(Some(Arc::clone(spec)));
+        }
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.campaign(campaign_id).meta)
+            .arg(seckill_schemas::state::meta::DEFINITION)
+            .query_async(con)
+            .await?;
+        let Some(spec) = raw.and_then(|r| serde_json::from_str::<CampaignSpec>(&r).ok()) else {
+            return Ok(None);
+        };
+        let spec = Arc::new(spec);
+        let mut defs = lock(&self.defs);
+        if defs.len() > 10_000 {
+            defs.clear();
+        }
+        defs.insert(campaign_id.to_owned(), Arc::clone(&spec));
+        Ok(Some(spec))
+    }
+
+    /// Queues the payloads at `which` for sending, keyed by campaign.
+    async fn send_all(
+        &self,
+        payloads: &[(String, Vec<u8>)],
+        which: impl IntoIterator<Item = usize>,
+    ) -> Vec<(usize, DeliveryFuture)> {
+        let mut out = Vec::new();
+        for i in which {
+            let (cid, payload) = &payloads[i];
+            let mut record = FutureRecord::to(&self.config.topics.orders)
+                .key(cid.as_str())
+                .payload(payload.as_slice());
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(f) => {
+                        out.push((i, f));
+                        break;
+                    }
+                    Err((e, r)) => {
+                        // Queue full: let librdkafka drain it, then queue
+                        // again (not a failure, so no backoff).
+                        record = r;
+                        tracing::debug!(error = %e, "producer queue full");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes results findable without their campaign: decisions and
+    /// command results by request id, campaigns by order id, and new
+    /// campaigns for the expiry sweeper.
+    fn index_pipeline(&self, lookups: &[(String, Lookup)]) -> Option<redis::Pipeline> {
+        let mut pipe = redis::pipe();
+        let ttl = self.config.decision_ttl_secs;
+        for (cid, l) in lookups {
+            match l {
+                Lookup::Result { request_id, json } => {
+                    pipe.set_ex(self.keys.decision(request_id), json, ttl)
+                        .ignore();
+                }
+                Lookup::OrderCampaign { order_id } => {
+                    pipe.set_ex(self.keys.order_campaign(order_id), cid, ttl)
+                        .ignore();
+                }
+                Lookup::NewCampaign => {
+                    pipe.sadd(self.keys.campaigns(), cid).ignore();
+                }
+            }
+        }
+        (!lookups.is_empty()).then_some(pipe)
+    }
+
+    /// Sends `message` to the requests DLQ. Returns false only when stopped
+    /// first.
+    async fn dead_letter(&self, message: &OwnedMessage, class: ErrorClass, reason: &str) -> bool {
+        let sent = retry_until(
+            &self.cancel,
+            Backoff::STEP,
+            || {
+                dead_letter(
+                    &self.producer,
+                    &self.config.topics.requests_dlq,
+                    message,
+                    class,
+                    reason,
+                )
+            },
+            |e| internal_events::step_failed("dead_letter", e),
+        )
+        .await;
+        if sent.is_some() {
+            internal_events::dead_lettered(
+                class.as_str(),
+                reason,
+                message.partition(),
+                message.offset(),
+            );
+        }
+        sent.is_some()
+    }
+}
+
+/// Locks a mutex that is only held for a map or swap operation, never
+/// across an await, so a poisoned one still holds consistent data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,221 @@
+//! The group watchdog: a member that a coordinator leaves without a
+//! partition, while some partition has no owner, leaves and rejoins.
+
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::KafkaConsumer;
+
+static GROUP_REJOINS: std::sync::LazyLock<prometheus::IntCounterVec> =
+    std::sync::LazyLock::new(|| {
+        prometheus::register_int_counter_vec!(
+            "seckill_group_rejoins_total",
+            "Times a member left and rejoined its consumer group because the group \
+             settled without giving it a partition although partitions were unowned",
+            &["group"]
+        )
+        .expect("metric registered once")
+    });
+
+/// Keeps a group member from idling in a group that settled wrongly.
+///
+/// A coordinator can settle a generation in which this member holds no
+/// partition while some partition has no owner, so its messages wait
+/// forever. tansu 0.6 does this when the leader of the previous generation
+/// died (SIGKILL) and is expelled between a follower's JoinGroup and its
+/// SyncGroup: the follower's empty SyncGroup is taken as the leader's plan.
+/// The member then leaves and rejoins the group, which makes it the leader
+/// of a fresh generation.
+///
+/// Checks every half `session_timeout`, once the member has held nothing
+/// for a whole session timeout (far longer than a rebalance takes). Proof
+/// that a partition is unowned, from what the broker answers:
+/// - the group is listed: it is stable and has no more members than the
+///   topic has partitions (no assignor leaves a member empty then);
+/// - it is not (tansu lists only groups that ever committed an offset):
+///   some partition holds messages past the group's committed offset, and
+///   that offset has not moved since the previous check.
+pub(crate) fn watch_assignment(
+    consumer: std::sync::Arc<KafkaConsumer>,
+    group: String,
+    topic: String,
+    session_timeout: Duration,
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let (every, settle) = (session_timeout / 2, session_timeout);
+        let mut empty_since: Option<std::time::Instant> = None;
+        let mut previous: Option<GroupView> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if std::sync::Arc::strong_count(&consumer) == 1 {
+                // The role let go of its consumer: it is done with the group.
+                return;
+            }
+            let holds = consumer.assignment().map(|a| a.count() > 0).unwrap_or(true);
+            if holds {
+                (empty_since, previous) = (None, None);
+                continue;
+            }
+            let since = *empty_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < settle {
+                continue;
+            }
+            let probe = {
+                let (consumer, group, topic) = (
+                    std::sync::Arc::clone(&consumer),
+                    group.clone(),
+                    topic.clone(),
+                );
+                tokio::task::spawn_blocking(move || group_view(&consumer, &group, &topic)).await
+            };
+            let view = match probe {
+                Ok(Ok(view)) => view,
+                Ok(Err(e)) => {
+                    tracing::debug!(%group, error = %e, "could not describe the group");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            if !view.stranded(previous.as_ref()) {
+                tracing::debug!(%group, ?view, "member holds no partition; the group looks sound");
+                previous = Some(view);
+                continue;
+            }
+            tracing::warn!(
+                %group, %topic, ?view,
+                "the group settled without giving this member a partition although \
+                 some partition has no owner; leaving and rejoining"
+            );
+            GROUP_REJOINS.with_label_values(&[group.as_str()]).inc();
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[topic.as_str()]) {
+                tracing::error!(%group, %topic, error = %e, "could not resubscribe");
+            }
+            (empty_since, previous) = (None, None);
+        }
+    });
+}
+
+/// What the broker says of a group and its topic, as far as
+/// [`watch_assignment`] needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GroupView {
+    /// (stable, members) when the broker lists the group.
+    described: Option<(bool, usize)>,
+    /// Per partition of the topic: (partition, the group's next offset to
+    /// read (its committed offset, else the low watermark), high watermark).
+    progress: Vec<(i32, i64, i64)>,
+}
+
+impl GroupView {
+    /// Whether some partition has no owner, seen by a member that holds
+    /// nothing; `before` is the previous view of the same idle spell.
+    fn stranded(&self, before: Option<&GroupView>) -> bool {
+        match self.described {
+            Some((stable, members)) => stable && members > 0 && members <= self.progress.len(),
+            None => {
+                let Some(before) = before else {
+                    return false;
+                };
+                self.progress.iter().any(|&(partition, next, high)| {
+                    high > next
+                        && before
+                            .progress
+                            .iter()
+                            .any(|&(p, was, _)| p == partition && was == next)
+                })
+            }
+        }
+    }
+}
+
+fn group_view(consumer: &KafkaConsumer, group: &str, topic: &str) -> Result<GroupView, KafkaError> {
+    let timeout = Duration::from_secs(5);
+    let groups = consumer.fetch_group_list(Some(group), timeout)?;
+    let described = groups
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .map(|g| (g.state().eq_ignore_ascii_case("stable"), g.members().len()));
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut wanted = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            wanted.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(wanted.clone(), timeout)?;
+    let mut progress = Vec::new();
+    for e in wanted.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
+        let next = match committed
+            .find_partition(topic, e.partition())
+            .map(|c| c.offset())
+        {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        progress.push((e.partition(), next, high));
+    }
+    Ok(GroupView {
+        described,
+        progress,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupView;
+
+    fn listed(stable: bool, members: usize, partitions: usize) -> GroupView {
+        GroupView {
+            described: Some((stable, members)),
+            progress: (0..partitions as i32).map(|p| (p, 0, 0)).collect(),
+        }
+    }
+
+    fn unlisted(progress: &[(i32, i64, i64)]) -> GroupView {
+        GroupView {
+            described: None,
+            progress: progress.to_vec(),
+        }
+    }
+
+    #[test]
+    fn an_empty_member_of_a_stable_group_with_spare_partitions_is_stranded() {
+        assert!(listed(true, 1, 2).stranded(None));
+        assert!(listed(true, 2, 2).stranded(None));
+    }
+
+    #[test]
+    fn more_members_than_partitions_or_a_rebalance_in_progress_is_not_stranded() {
+        // Some member legitimately idles when members outnumber partitions.
+        assert!(!listed(true, 3, 2).stranded(None));
+        // Mid-rebalance an empty assignment is normal.
+        assert!(!listed(false, 1, 2).stranded(None));
+        // A topic the broker does not know (yet) has no partition to own.
+        assert!(!listed(true, 1, 0).stranded(None));
+    }
+
+    #[test]
+    fn an_unlisted_group_is_stranded_only_when_a_backlog_stands_still() {
+        let first = unlisted(&[(0, 10, 10), (1, 4, 9)]);
+        // One look is not enough: the backlog may be moving.
+        assert!(!first.stranded(None));
+        // Partition 1 still waits at offset 4 with messages up to 9.
+        assert!(unlisted(&[(0, 10, 12), (1, 4, 9)]).stranded(Some(&first)));
+        // Someone is reading partition 1: it is owned.
+        assert!(!unlisted(&[(0, 10, 10), (1, 7, 9)]).stranded(Some(&first)));
+        // Nothing waits anywhere: nothing to rescue.
+        let idle = unlisted(&[(0, 10, 10), (1, 9, 9)]);
+        assert!(!idle.stranded(Some(&idle)));
+    }
+}

@@ -1,0 +1,83 @@
+//! A campaign's Redis state, in one place: the key names ([`keys`]), the
+//! field names of its hashes, the operation names the decision script
+//! takes, and one codec per record kind it stores or answers.
+//!
+//! `processors/src/decide.lua` is the only writer of these records; the
+//! processors, `seckill reconcile`, the ingest cache and the invariant
+//! checker read them through this module, and restore writes them through
+//! it. A round-trip test in `processors/tests/decide.rs` decodes what the
+//! script wrote and fails when the two drift.
+
+mod keys;
+mod records;
+
+pub use keys::{CampaignKeys, KeyLayout};
+pub use records::{Answer, OrderRecord, RecordError, StockCounters, StoredOrder};
+
+/// Fields of the campaign's `meta` hash.
+pub mod meta {
+    /// The definition as canonical JSON (what a create compares against).
+    pub const DEFINITION: &str = "def";
+    /// `sale` or `lottery`.
+    pub const KIND: &str = "kind";
+    pub const PER_USER_LIMIT: &str = "limit";
+    /// Window start and end, unix ms.
+    pub const STARTS_AT: &str = "start";
+    pub const ENDS_AT: &str = "end";
+    pub const PAYMENT_TIMEOUT_SECS: &str = "timeout";
+    pub const PRICE: &str = "price";
+    /// `1` once closed, else `0`.
+    pub const CLOSED: &str = "closed";
+    /// `1` while a draft, else `0`.
+    pub const DRAFT: &str = "draft";
+    /// Lottery draws allowed per user (0: no limit).
+    pub const MAX_ATTEMPTS: &str = "max_att";
+    /// `fixed` or `renormalize`.
+    pub const STRATEGY: &str = "strategy";
+    /// The draw table as JSON `[{id, p, price, stock}]`.
+    pub const DRAW_TABLE: &str = "table";
+    /// When the create was applied (Redis time, unix ms).
+    pub const CREATED_AT: &str = "created_at";
+
+    /// How a flag is stored.
+    pub fn flag(on: bool) -> &'static str {
+        if on {
+            "1"
+        } else {
+            "0"
+        }
+    }
+}
+
+/// Fields of the campaign's `stock` hash (units).
+pub mod stock {
+    pub const TOTAL: &str = "total";
+    pub const AVAILABLE: &str = "available";
+    pub const RESERVED: &str = "reserved";
+    pub const PAID: &str = "paid";
+    /// In the order [`super::StockCounters`] reads them.
+    pub const ALL: [&str; 4] = [TOTAL, AVAILABLE, RESERVED, PAID];
+}
+
+/// Fields of the campaign's `prizes` hash.
+pub mod prizes {
+    /// Units of `prize_id` ever added (the units left are under the id
+    /// itself).
+    pub fn total(prize_id: &str) -> String {
+        format!("{prize_id}:total")
+    }
+}
+
+/// The operation names the decision script takes (field `t` of each
+/// operation in its argument).
+pub mod op {
+    pub const PURCHASE: &str = "purchase";
+    pub const CREATE: &str = "create";
+    pub const ADD_STOCK: &str = "add_stock";
+    pub const CLOSE: &str = "close";
+    pub const PUBLISH: &str = "publish";
+    pub const RESET: &str = "reset";
+    pub const PAY: &str = "pay";
+    pub const CANCEL: &str = "cancel";
+    pub const EXPIRE: &str = "expire";
+}
