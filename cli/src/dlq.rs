@@ -15,8 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use seckill_kafka::KafkaConsumer;
 use serde_json::json;
 
-use seckill_schemas::now_ms;
 use seckill_kafka::{forward, header_i64, header_str, headers, KafkaSettings};
+use seckill_schemas::now_ms;
 
 use crate::args::KafkaArgs;
 use seckill_cli::topic::{read_all, read_range, watermarks};

@@ -354,7 +354,8 @@ impl ReconcileCmd {
         // Orders compare by status; an order Redis holds in a form this build
         // cannot read is a difference too.
         let status = |v: &String| {
-            StoredOrder::decode(v).map_or_else(|e| format!("unreadable ({e})"), |o| o.status.to_string())
+            StoredOrder::decode(v)
+                .map_or_else(|e| format!("unreadable ({e})"), |o| o.status.to_string())
         };
         let have_orders: BTreeMap<String, String> = hash(&mut redis, &k.orders)
             .await?

@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use seckill_ingest::IngestConfig;
-use seckill_processors::ProcessorConfig;
 use seckill_kafka::{ensure_topics, shutdown_signal};
+use seckill_processors::ProcessorConfig;
 use seckill_schemas::Topics;
 use seckill_sinks::SinkConfig;
 use seckill_store::{open_store, FaultInjection, OrderStore};

@@ -1,5 +1,9 @@
 //! Campaign state as ingest reads it from Redis: the full view for the API,
 //! and a short-lived snapshot per campaign for the fast path.
+//!
+//! Field names and record formats come from `seckill_schemas::state` (the
+//! decision script is their only writer). A field that is there but does
+//! not read is an error ([`ReadError::Record`]), never a guessed value.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,9 +11,20 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use redis::aio::ConnectionManager;
+use seckill_schemas::state::{meta, prizes, stock, RecordError, StockCounters};
 use seckill_schemas::{
     CampaignSpec, CampaignState, CampaignView, KeyLayout, PrizeStock, StockView,
 };
+
+/// Why a campaign's state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis answered, but a field holds what this build cannot read.
+    #[error("campaign state unreadable: {0}")]
+    Record(#[from] RecordError),
+}
 
 /// What the fast path needs to refuse a request without queueing it.
 #[derive(Debug, Clone)]
@@ -43,7 +58,7 @@ impl CampaignCache {
         con: &mut ConnectionManager,
         keys: &KeyLayout,
         campaign_id: &str,
-    ) -> Result<Option<Snapshot>, redis::RedisError> {
+    ) -> Result<Option<Snapshot>, ReadError> {
         {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, snap)) = entries.get(campaign_id) {
@@ -53,25 +68,26 @@ impl CampaignCache {
             }
         }
         let k = keys.campaign(campaign_id);
-        let (meta, available): (
-            (Option<String>, Option<String>, Option<String>),
-            Option<u64>,
-        ) = redis::pipe()
-            .hmget(&k.meta, &["def", "closed", "draft"])
-            .hget(&k.stock, "available")
+        let (head, stock_hash): (Head, HashMap<String, String>) = redis::pipe()
+            .hmget(&k.meta, &HEAD_FIELDS)
+            .hgetall(&k.stock)
             .query_async(con)
             .await?;
-        let (def, closed, draft) = meta;
-        let snap = def
-            .and_then(|d| serde_json::from_str::<CampaignSpec>(&d).ok())
-            .map(|spec| Snapshot {
+        let snap = match read_head(head)? {
+            None => None,
+            Some((spec, closed, draft)) => Some(Snapshot {
                 starts_ms: spec.starts_at.timestamp_millis(),
                 ends_ms: spec.ends_at.timestamp_millis(),
-                closed: closed.as_deref() == Some("1"),
-                draft: draft.as_deref() == Some("1"),
-                available: available.unwrap_or(0),
+                closed,
+                draft,
+                available: unsigned(
+                    "stock",
+                    stock::AVAILABLE,
+                    StockCounters::from_hash(&stock_hash)?.available,
+                )?,
                 spec: Arc::new(spec),
-            });
+            }),
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() > 100_000 {
             entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
@@ -79,6 +95,79 @@ impl CampaignCache {
         entries.insert(campaign_id.to_owned(), (Instant::now(), snap.clone()));
         Ok(snap)
     }
+}
+
+/// The meta fields every reader here needs, in the order of [`Head`].
+const HEAD_FIELDS: [&str; 3] = [meta::DEFINITION, meta::CLOSED, meta::DRAFT];
+
+/// Definition, closed, draft: the values of [`HEAD_FIELDS`].
+type Head = (Option<String>, Option<String>, Option<String>);
+
+/// The definition and flags (`closed`, `draft`), or `None` when the
+/// campaign does not exist (no definition).
+fn read_head(
+    (def, closed, draft): Head,
+) -> Result<Option<(CampaignSpec, bool, bool)>, RecordError> {
+    let Some(def) = def else {
+        return Ok(None);
+    };
+    let spec = serde_json::from_str::<CampaignSpec>(&def).map_err(|e| RecordError {
+        kind: "meta",
+        raw: format!("{}={def}", meta::DEFINITION),
+        why: format!("not a campaign definition: {e}"),
+    })?;
+    Ok(Some((
+        spec,
+        read_flag(meta::CLOSED, closed)?,
+        read_flag(meta::DRAFT, draft)?,
+    )))
+}
+
+/// A meta flag as `meta::flag` writes it; a created campaign always has it.
+fn read_flag(name: &str, value: Option<String>) -> Result<bool, RecordError> {
+    match value.as_deref() {
+        Some(v) if v == meta::flag(true) => Ok(true),
+        Some(v) if v == meta::flag(false) => Ok(false),
+        _ => Err(RecordError {
+            kind: "meta",
+            raw: format!("{name}={value:?}"),
+            why: "not a flag (0 or 1)".into(),
+        }),
+    }
+}
+
+/// A count the API shows unsigned: a negative one is an error.
+fn unsigned(kind: &'static str, name: &str, v: i64) -> Result<u64, RecordError> {
+    u64::try_from(v).map_err(|_| RecordError {
+        kind,
+        raw: format!("{name}={v}"),
+        why: "negative".into(),
+    })
+}
+
+/// A count field of a hash (`None`: absent, read as 0, as the script does).
+pub(crate) fn read_count(
+    kind: &'static str,
+    name: &str,
+    value: Option<&str>,
+) -> Result<u64, RecordError> {
+    value.map_or(Ok(0), |v| {
+        v.parse().map_err(|_| RecordError {
+            kind,
+            raw: format!("{name}={v}"),
+            why: "not a count".into(),
+        })
+    })
+}
+
+fn stock_view(c: StockCounters) -> Result<StockView, RecordError> {
+    let n = |name, v| unsigned("stock", name, v);
+    Ok(StockView {
+        total: n(stock::TOTAL, c.total)?,
+        available: n(stock::AVAILABLE, c.available)?,
+        reserved: n(stock::RESERVED, c.reserved)?,
+        paid: n(stock::PAID, c.paid)?,
+    })
 }
 
 /// State by time and flags, as of `now_ms`.
@@ -108,7 +197,7 @@ pub(crate) async fn read_definition(
 ) -> Result<Option<String>, redis::RedisError> {
     redis::cmd("HGET")
         .arg(keys.campaign(campaign_id).meta)
-        .arg("def")
+        .arg(meta::DEFINITION)
         .query_async(con)
         .await
 }
@@ -118,46 +207,45 @@ pub(crate) async fn read_view(
     con: &mut ConnectionManager,
     keys: &KeyLayout,
     campaign_id: &str,
-) -> Result<Option<CampaignView>, redis::RedisError> {
+) -> Result<Option<CampaignView>, ReadError> {
     let k = keys.campaign(campaign_id);
-    let ((def, closed, draft), stock, prizes): (
-        (Option<String>, Option<String>, Option<String>),
-        HashMap<String, u64>,
-        HashMap<String, u64>,
-    ) = redis::pipe()
-        .hmget(&k.meta, &["def", "closed", "draft"])
-        .hgetall(&k.stock)
-        .hgetall(&k.prizes)
-        .query_async(con)
-        .await?;
-    let Some(spec) = def.and_then(|d| serde_json::from_str::<CampaignSpec>(&d).ok()) else {
+    let (head, stock_hash, prize_units): (Head, HashMap<String, String>, HashMap<String, String>) =
+        redis::pipe()
+            .hmget(&k.meta, &HEAD_FIELDS)
+            .hgetall(&k.stock)
+            .hgetall(&k.prizes)
+            .query_async(con)
+            .await?;
+    let Some((spec, closed, draft)) = read_head(head)? else {
         return Ok(None);
     };
-    let get = |f: &str| stock.get(f).copied().unwrap_or(0);
+    let stock = stock_view(StockCounters::from_hash(&stock_hash)?)?;
     let prize_stock = spec
         .draw_table()
         .into_iter()
-        .map(|p| PrizeStock {
-            total: prizes.get(&format!("{}:total", p.id)).copied().unwrap_or(0),
-            available: prizes.get(&p.id).copied().unwrap_or(0),
-            id: p.id,
-            name: p.name,
+        .map(|p| {
+            let total = prizes::total(&p.id);
+            Ok(PrizeStock {
+                total: read_count(
+                    "prizes",
+                    &total,
+                    prize_units.get(&total).map(String::as_str),
+                )?,
+                available: read_count("prizes", &p.id, prize_units.get(&p.id).map(String::as_str))?,
+                id: p.id,
+                name: p.name,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, RecordError>>()?;
     Ok(Some(CampaignView {
         state: state_at(
             spec.starts_at.timestamp_millis(),
             spec.ends_at.timestamp_millis(),
-            closed.as_deref() == Some("1"),
-            draft.as_deref() == Some("1"),
+            closed,
+            draft,
             Utc::now().timestamp_millis(),
         ),
-        stock: StockView {
-            total: get("total"),
-            available: get("available"),
-            reserved: get("reserved"),
-            paid: get("paid"),
-        },
+        stock,
         id: spec.id.clone(),
         name: spec.name.clone(),
         kind: spec.kind,
@@ -169,4 +257,76 @@ pub(crate) async fn read_view(
         prizes: prize_stock,
         definition: spec,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> String {
+        serde_json::to_string(&CampaignSpec {
+            id: "c1".into(),
+            name: "c1".into(),
+            stock: 1,
+            ..CampaignSpec::default()
+        })
+        .unwrap_or_default()
+    }
+
+    fn head(def: Option<String>, closed: Option<&str>, draft: Option<&str>) -> Head {
+        (def, closed.map(Into::into), draft.map(Into::into))
+    }
+
+    #[test]
+    fn meta_flags_read_as_written_and_anything_else_is_an_error() {
+        let flags = |closed, draft| {
+            read_head(head(Some(def()), Some(closed), Some(draft)))
+                .map(|h| h.map(|(_, c, d)| (c, d)))
+        };
+        assert_eq!(
+            flags(meta::flag(true), meta::flag(false)),
+            Ok(Some((true, false)))
+        );
+        assert_eq!(
+            flags(meta::flag(false), meta::flag(true)),
+            Ok(Some((false, true)))
+        );
+        // No definition: no campaign, whatever else is there.
+        assert_eq!(
+            read_head(head(None, None, None)).map(|h| h.is_none()),
+            Ok(true)
+        );
+        // Unreadable: a flag not 0/1, a missing flag, a broken definition.
+        assert!(flags("yes", meta::flag(false)).is_err());
+        assert!(read_head(head(Some(def()), None, Some("0"))).is_err());
+        assert!(read_head(head(Some("{".into()), Some("0"), Some("0"))).is_err());
+    }
+
+    #[test]
+    fn counts_are_unsigned_numbers_and_absent_ones_are_zero() {
+        assert_eq!(read_count("users", "u1", None), Ok(0));
+        assert_eq!(read_count("users", "u1", Some("3")), Ok(3));
+        assert!(read_count("users", "u1", Some("-1")).is_err());
+        assert!(read_count("users", "u1", Some("x")).is_err());
+        let counters = StockCounters {
+            total: 5,
+            available: 2,
+            reserved: 1,
+            paid: 2,
+        };
+        assert_eq!(
+            stock_view(counters),
+            Ok(StockView {
+                total: 5,
+                available: 2,
+                reserved: 1,
+                paid: 2,
+            })
+        );
+        assert!(stock_view(StockCounters {
+            available: -1,
+            ..counters
+        })
+        .is_err());
+    }
 }

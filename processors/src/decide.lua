@@ -17,7 +17,8 @@
 -- as in schemas/src/state/mod.rs `op`):
 --   purchase  {r, u, q, o, d = draw point or absent, ne = 1 if not eligible}
 --   create    {r, def, kind, stock, limit, start, end, timeout, price,
---              draft, max_att, strategy, table = [{id, p, price, stock}]}
+--              draft, max_att, strategy, table = [{id, p, price, stock}],
+--              table_json = the same table as the JSON text to store}
 --   add_stock {r, q, prize}   close {r}   publish {r}   reset {r}
 --   pay {r, o, u}   cancel {r, o, u}   expire (what is due) {r}
 -- Returns one string per operation: records joined by "\n", fields by "|"
@@ -321,7 +322,7 @@ local function create(op)
   redis.call('HSET', KEYS[1], 'def', op.def, 'kind', op.kind, 'limit', op.limit,
     'start', op.start, 'end', op['end'], 'timeout', op.timeout, 'price', op.price,
     'closed', '0', 'draft', op.draft and '1' or '0', 'max_att', op.max_att or 0,
-    'strategy', op.strategy or 'fixed', 'table', cjson.encode(op.table or {}),
+    'strategy', op.strategy or 'fixed', 'table', op.table_json,
     'created_at', int(now))
   redis.call('HSET', KEYS[2], 'total', op.stock, 'available', op.stock, 'reserved', 0, 'paid', 0)
   for _, pr in ipairs(op.table or {}) do

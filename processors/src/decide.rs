@@ -51,6 +51,11 @@ enum Op<'a> {
         max_att: u32,
         strategy: &'static str,
         table: Vec<PrizeRow>,
+        /// `table` as the text the meta hash stores, written by serde so
+        /// that a repair (`meta_fields`) writes the same bytes: cjson would
+        /// reorder keys, round probabilities to 14 digits and write an
+        /// empty table as `{}`.
+        table_json: String,
     },
     AddStock {
         t: &'static str,
@@ -142,6 +147,7 @@ impl<'a> Op<'a> {
                     max_att: c.max_attempts_per_user.unwrap_or(0),
                     strategy: strategy_name(c),
                     table: table_rows(c),
+                    table_json: serde_json::to_string(&table_rows(c)).unwrap_or_default(),
                 }
             }
             RequestEvent::CampaignCommand(c) => match &c.action {

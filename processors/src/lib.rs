@@ -2,12 +2,12 @@
 //! request with one atomic Lua call per campaign per batch and emits the
 //! decisions to the orders topic.
 
+mod batch;
 mod config;
 mod decide;
 mod error;
 mod internal_events;
 mod restore;
-mod batch;
 mod run;
 mod sweep;
 mod translate;

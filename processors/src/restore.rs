@@ -35,12 +35,21 @@ pub fn meta_fields(
     created_at_ms: i64,
 ) -> BTreeMap<String, String> {
     [
-        (meta::DEFINITION, serde_json::to_string(spec).unwrap_or_default()),
+        (
+            meta::DEFINITION,
+            serde_json::to_string(spec).unwrap_or_default(),
+        ),
         (meta::KIND, kind_name(spec).to_owned()),
         (meta::PER_USER_LIMIT, spec.per_user_limit.to_string()),
-        (meta::STARTS_AT, spec.starts_at.timestamp_millis().to_string()),
+        (
+            meta::STARTS_AT,
+            spec.starts_at.timestamp_millis().to_string(),
+        ),
         (meta::ENDS_AT, spec.ends_at.timestamp_millis().to_string()),
-        (meta::PAYMENT_TIMEOUT_SECS, spec.payment_timeout_secs.to_string()),
+        (
+            meta::PAYMENT_TIMEOUT_SECS,
+            spec.payment_timeout_secs.to_string(),
+        ),
         (meta::PRICE, spec.price.to_string()),
         (meta::CLOSED, meta::flag(closed).to_owned()),
         (meta::DRAFT, meta::flag(draft).to_owned()),

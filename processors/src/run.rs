@@ -37,12 +37,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     // a broker hiccup delays a batch instead of failing it.
     let producer = config.kafka.producer(0).map_err(kafka_err)?;
     let redis = connect_redis(&config.redis_url).await?;
-    let worker = Arc::new(Worker::new(
-        config.clone(),
-        redis,
-        producer,
-        cancel.clone(),
-    ));
+    let worker = Arc::new(Worker::new(config.clone(), redis, producer, cancel.clone()));
     tracing::info!(topic = %config.topics.requests, group = %config.group_id, "processor started");
 
     let (to_settle, mut settling) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);

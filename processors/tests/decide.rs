@@ -1,6 +1,7 @@
 //! The decision script against a real redis-server that this test starts:
 //! every operation, and the invariants the script promises.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,7 +10,9 @@ use chrono::{Duration as ChronoDuration, Utc};
 use redis::aio::ConnectionManager;
 use seckill_processors::Decider;
 use seckill_schemas::state::Answer as Outcome;
+use seckill_schemas::state::{self, Answer, OrderRecord, StockCounters, StoredOrder};
 use seckill_schemas::RefusalReason;
+use seckill_schemas::{draw_point, order_id_for};
 use seckill_schemas::{
     CampaignAction, CampaignCommand, CampaignKind, CampaignOutcome, CampaignSpec, DecisionStatus,
     DrawStrategy, ExpireDue, KeyLayout, OrderAction, OrderCommand, OrderStatus, PrizeSpec,
@@ -63,7 +66,7 @@ struct Bench {
     _redis: Redis,
     con: ConnectionManager,
     decider: Decider,
-    specs: std::collections::HashMap<String, CampaignSpec>,
+    specs: HashMap<String, CampaignSpec>,
 }
 
 impl Bench {
@@ -326,7 +329,9 @@ async fn pay_cancel_and_expiry_return_stock_once() {
             ..
         }
     ));
-    assert!(matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::NotOwner));
+    assert!(
+        matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::NotOwner)
+    );
     assert_eq!(b.stock("c6").await, (4, 2, 1, 1));
 
     // Past the deadline: a late pay expires the order and is refused; the
@@ -354,9 +359,13 @@ async fn pay_cancel_and_expiry_return_stock_once() {
             ..
         }
     ));
-    assert!(matches!(&out[0][1], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Expired));
+    assert!(
+        matches!(&out[0][1], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Expired)
+    );
     assert!(out[1].is_empty(), "nothing left to expire: {:?}", out[1]);
-    assert!(matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Expired));
+    assert!(
+        matches!(&out[2][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Expired)
+    );
     assert_eq!(b.stock("c6").await, (4, 3, 0, 1));
 
     // Cancelling a paid order and paying a cancelled one are refused.
@@ -372,7 +381,9 @@ async fn pay_cancel_and_expiry_return_stock_once() {
     assert!(
         matches!(&out[0][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::AlreadyPaid)
     );
-    assert!(matches!(&out[1][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Cancelled));
+    assert!(
+        matches!(&out[1][0], Outcome::CommandRefused { reason, .. } if *reason == RefusalReason::Cancelled)
+    );
     assert_eq!(b.stock("c6").await, (4, 3, 0, 1));
 
     // The cancelled user may buy again; a sweep expires only what is due.
@@ -388,7 +399,9 @@ async fn add_stock_close_publish_and_reset() {
     spec.draft = true;
     b.create(spec).await;
     let out = b.run("c7", &[buy("c7", "d1", "u1", 1)]).await;
-    assert!(matches!(&out[0][0], Outcome::Purchase { reason, .. } if *reason == Some(RefusalReason::Draft)));
+    assert!(
+        matches!(&out[0][0], Outcome::Purchase { reason, .. } if *reason == Some(RefusalReason::Draft))
+    );
     let out = b
         .run(
             "c7",
@@ -425,7 +438,9 @@ async fn add_stock_close_publish_and_reset() {
         [status(&out[4]), status(&out[5]), status(&out[6])],
         [Reserved, Reserved, SoldOut]
     );
-    assert!(matches!(&out[8][0], Outcome::Purchase { reason, .. } if *reason == Some(RefusalReason::Closed)));
+    assert!(
+        matches!(&out[8][0], Outcome::Purchase { reason, .. } if *reason == Some(RefusalReason::Closed))
+    );
     assert_eq!(b.stock("c7").await, (3, 0, 3, 0));
     let out = b
         .run("c7", &[admin("c7", "reset", CampaignAction::Reset)])
@@ -558,4 +573,542 @@ async fn one_call_tracks_its_own_answers_holdings_and_resets() {
         "b3 was forgotten by the reset"
     );
     assert_eq!(b.stock("c9").await, (5, 3, 2, 0));
+}
+
+// ---------------------------------------------------------------------------
+// Round trip: what the script WROTE, read back with raw Redis commands and
+// the Rust codecs of `seckill_schemas::state`. Each raw value must decode to
+// what its operation should have produced and re-encode byte for byte, and
+// the meta and stock hashes must have exactly the fields the constants name.
+
+/// Every field of the meta hash, as `state::meta` names them.
+const META_FIELDS: [&str; 13] = [
+    state::meta::DEFINITION,
+    state::meta::KIND,
+    state::meta::PER_USER_LIMIT,
+    state::meta::STARTS_AT,
+    state::meta::ENDS_AT,
+    state::meta::PAYMENT_TIMEOUT_SECS,
+    state::meta::PRICE,
+    state::meta::CLOSED,
+    state::meta::DRAFT,
+    state::meta::MAX_ATTEMPTS,
+    state::meta::STRATEGY,
+    state::meta::DRAW_TABLE,
+    state::meta::CREATED_AT,
+];
+
+/// Redis server time in ms, as the script computes `now`.
+async fn redis_ms(con: &mut ConnectionManager) -> i64 {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(con).await.expect("TIME");
+    secs * 1000 + micros / 1000
+}
+
+impl Bench {
+    /// Runs one call and returns its answers and the one `now` the script
+    /// decided them at (checked to lie within Redis time around the call).
+    async fn run_at(&mut self, cid: &str, events: &[RequestEvent]) -> (Vec<Vec<Outcome>>, i64) {
+        let before = redis_ms(&mut self.con).await;
+        let out = self.run(cid, events).await;
+        let after = redis_ms(&mut self.con).await;
+        let times: BTreeSet<i64> = out.iter().flatten().map(decided_at).collect();
+        assert_eq!(times.len(), 1, "one call decides at one time: {times:?}");
+        let now = *times.iter().next().expect("one time");
+        assert!(
+            (before..=after).contains(&now),
+            "{before} <= {now} <= {after}"
+        );
+        (out, now)
+    }
+
+    async fn hash(&mut self, key: &str) -> HashMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut self.con)
+            .await
+            .expect("HGETALL")
+    }
+}
+
+fn decided_at(a: &Outcome) -> i64 {
+    match a {
+        Outcome::Purchase { decided_at_ms, .. }
+        | Outcome::Campaign { decided_at_ms, .. }
+        | Outcome::Transition { decided_at_ms, .. }
+        | Outcome::CommandRefused { decided_at_ms, .. } => *decided_at_ms,
+    }
+}
+
+/// Decodes one value of the `requests` hash with the codec and checks that
+/// encoding it again gives the script's bytes.
+fn read_answer(request_id: &str, raw: &str) -> Vec<Answer> {
+    let all = Answer::decode_all(raw).unwrap_or_else(|e| panic!("request {request_id}: {e}"));
+    let again: Vec<String> = all.iter().map(Answer::encode).collect();
+    assert_eq!(
+        again.join("\n"),
+        raw,
+        "request {request_id}: re-encoded differs"
+    );
+    if let [one] = all.as_slice() {
+        assert_eq!(
+            Answer::decode(raw).as_ref(),
+            Ok(one),
+            "request {request_id}"
+        );
+    }
+    all
+}
+
+/// Checks the whole `requests` hash: exactly `want` (request id -> the
+/// answer records), each decoded and re-encoded byte for byte, and each the
+/// answer the call returned.
+async fn check_requests(
+    b: &mut Bench,
+    cid: &str,
+    want: &BTreeMap<String, Vec<Answer>>,
+    returned: &BTreeMap<String, Vec<Answer>>,
+) {
+    let k = KeyLayout::new("t").campaign(cid);
+    let raw = b.hash(&k.requests).await;
+    let ids: BTreeSet<&str> = raw.keys().map(String::as_str).collect();
+    let want_ids: BTreeSet<&str> = want.keys().map(String::as_str).collect();
+    assert_eq!(ids, want_ids, "request ids recorded by the script");
+    for (id, value) in &raw {
+        let got = read_answer(id, value);
+        assert_eq!(&got, &want[id], "stored answer of {id}");
+        assert_eq!(
+            &got, &returned[id],
+            "stored answer of {id} is the one returned"
+        );
+    }
+}
+
+/// Checks the whole `orders` hash: exactly `want`, each record decoded and
+/// re-encoded byte for byte.
+async fn check_orders(b: &mut Bench, cid: &str, want: &BTreeMap<String, StoredOrder>) {
+    let k = KeyLayout::new("t").campaign(cid);
+    let raw = b.hash(&k.orders).await;
+    let ids: BTreeSet<&str> = raw.keys().map(String::as_str).collect();
+    let want_ids: BTreeSet<&str> = want.keys().map(String::as_str).collect();
+    assert_eq!(ids, want_ids, "order ids stored by the script");
+    for (id, value) in &raw {
+        let got = StoredOrder::decode(value).unwrap_or_else(|e| panic!("order {id}: {e}"));
+        assert_eq!(got.encode(), *value, "order {id}: re-encoded differs");
+        assert_eq!(&got, &want[id], "order {id}");
+    }
+}
+
+/// Checks the `stock` hash: the fields of `state::stock` and no others,
+/// the counters `want`, each value as `StockCounters` writes it.
+async fn check_stock(b: &mut Bench, cid: &str, want: StockCounters) {
+    let k = KeyLayout::new("t").campaign(cid);
+    let raw = b.hash(&k.stock).await;
+    let names: BTreeSet<&str> = raw.keys().map(String::as_str).collect();
+    assert_eq!(names, BTreeSet::from(state::stock::ALL), "stock fields");
+    let got = StockCounters::from_hash(&raw).expect("stock reads");
+    assert_eq!(got, want, "stock counters");
+    assert!(got.conserved(), "{got:?}");
+    for (name, value) in got.fields() {
+        assert_eq!(raw[name], value, "stock field {name} re-encoded differs");
+    }
+}
+
+/// Checks the `meta` hash: exactly the fields of `state::meta`, and exactly
+/// what `meta_fields` (the repair side) writes for `spec` in this state.
+/// Returns the creation time the script wrote.
+async fn check_meta(b: &mut Bench, spec: &CampaignSpec, closed: bool, draft: bool) -> i64 {
+    let k = KeyLayout::new("t").campaign(&spec.id);
+    let raw: BTreeMap<String, String> = b.hash(&k.meta).await.into_iter().collect();
+    let names: BTreeSet<&str> = raw.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(META_FIELDS),
+        "meta fields written by the script"
+    );
+    let created_at: i64 = raw[state::meta::CREATED_AT]
+        .parse()
+        .expect("created_at is a number");
+    let ours = seckill_processors::meta_fields(spec, closed, draft, created_at);
+    let our_names: BTreeSet<&str> = ours.keys().map(String::as_str).collect();
+    assert_eq!(
+        our_names, names,
+        "meta_fields writes the fields the script writes"
+    );
+    for (name, value) in &raw {
+        assert_eq!(&ours[name], value, "meta field {name}");
+    }
+    created_at
+}
+
+fn refusal(status: DecisionStatus, reason: RefusalReason, at: i64) -> Answer {
+    Answer::Purchase {
+        status,
+        reason: Some(reason),
+        order_id: None,
+        quantity: 0,
+        decided_at_ms: at,
+        expires_at_ms: 0,
+        price: 0,
+        prize_id: None,
+        confirmed: false,
+    }
+}
+
+fn campaign_answer(outcome: CampaignOutcome, reason: Option<RefusalReason>, at: i64) -> Answer {
+    Answer::Campaign {
+        outcome,
+        reason,
+        decided_at_ms: at,
+    }
+}
+
+/// The order of `request` as a transition reports it.
+fn record_of(request: &str, o: &StoredOrder) -> OrderRecord {
+    OrderRecord {
+        order_id: order_id_for(request),
+        user_id: o.user_id.clone(),
+        quantity: o.quantity,
+        price: o.price,
+        purchase_request_id: o.purchase_request_id.clone(),
+        created_at_ms: o.created_at_ms,
+        expires_at_ms: o.expires_at_ms,
+        prize_id: o.prize_id.clone(),
+    }
+}
+
+/// Answers of one call by request id (an expiry is not recorded: skipped).
+fn by_request(
+    events: &[RequestEvent],
+    out: &[Vec<Answer>],
+    into: &mut BTreeMap<String, Vec<Answer>>,
+) {
+    for (e, a) in events.iter().zip(out) {
+        let id = match e {
+            RequestEvent::PurchaseRequested(p) => &p.request_id,
+            RequestEvent::UpsertCampaign(u) => &u.request_id,
+            RequestEvent::CampaignCommand(c) => &c.request_id,
+            RequestEvent::OrderCommand(o) => &o.request_id,
+            RequestEvent::ExpireDue(_) => continue,
+        };
+        into.insert(id.clone(), a.clone());
+    }
+}
+
+/// A sale: creates (one conflicting), a refused add_stock, reservations, a
+/// sell-out, a per-user limit, a pay, a cancel, a pay by another user, an
+/// expiry by the sweep and one by a late pay, a close.
+#[tokio::test]
+async fn sale_records_read_back_byte_for_byte() {
+    let mut b = Bench::new().await;
+    let mut spec = sale("rt", 5, 2, -1);
+    spec.payment_timeout_secs = 1;
+    let cid = "rt";
+    let mut returned = BTreeMap::new();
+    let mut want = BTreeMap::new();
+
+    // Call 1: a create, a conflicting create, an add_stock of a prize a
+    // sale does not have.
+    let conflicting = sale("rt", 6, 2, -1);
+    let events = [
+        create_event(&spec),
+        create_event(&conflicting),
+        admin(
+            cid,
+            "add-gold",
+            CampaignAction::AddStock {
+                quantity: 1,
+                prize_id: Some("gold".into()),
+            },
+        ),
+    ];
+    let (out, t1) = b.run_at(cid, &events).await;
+    b.specs.insert(cid.into(), spec.clone());
+    by_request(&events, &out, &mut returned);
+    use CampaignOutcome::*;
+    want.insert(
+        "create-rt-5".into(),
+        vec![campaign_answer(Created, None, t1)],
+    );
+    want.insert(
+        "create-rt-6".into(),
+        vec![campaign_answer(
+            Conflict,
+            Some(RefusalReason::DifferentDefinition),
+            t1,
+        )],
+    );
+    want.insert(
+        "add-gold".into(),
+        vec![campaign_answer(
+            Refused,
+            Some(RefusalReason::UnknownPrize),
+            t1,
+        )],
+    );
+
+    // Call 2: four reservations take the five units; a sell-out; u1 at its
+    // limit of 2; u1 pays, u2 cancels, u1 tries to pay u3's order.
+    let o = order_id_for;
+    let events = [
+        buy(cid, "r1", "u1", 2),
+        buy(cid, "r2", "u2", 1),
+        buy(cid, "r3", "u3", 1),
+        buy(cid, "r6", "u6", 1),
+        buy(cid, "r4", "u4", 1),
+        buy(cid, "r5", "u1", 1),
+        order_cmd(cid, "p1", &o("r1"), "u1", OrderAction::Pay),
+        order_cmd(cid, "x2", &o("r2"), "u2", OrderAction::Cancel),
+        order_cmd(cid, "p3-other", &o("r3"), "u1", OrderAction::Pay),
+    ];
+    let (out, t2) = b.run_at(cid, &events).await;
+    by_request(&events, &out, &mut returned);
+    let deadline = t2 + 1000;
+    let order = |request: &str, user: &str, quantity: u32, status: OrderStatus| StoredOrder {
+        user_id: user.into(),
+        quantity,
+        status,
+        expires_at_ms: deadline,
+        purchase_request_id: request.into(),
+        price: 1999,
+        created_at_ms: t2,
+        prize_id: None,
+    };
+    for (request, quantity) in [("r1", 2), ("r2", 1), ("r3", 1), ("r6", 1)] {
+        want.insert(
+            request.into(),
+            vec![Answer::Purchase {
+                status: DecisionStatus::Reserved,
+                reason: None,
+                order_id: Some(o(request)),
+                quantity,
+                decided_at_ms: t2,
+                expires_at_ms: deadline,
+                price: 1999,
+                prize_id: None,
+                confirmed: false,
+            }],
+        );
+    }
+    want.insert(
+        "r4".into(),
+        vec![refusal(DecisionStatus::SoldOut, RefusalReason::SoldOut, t2)],
+    );
+    want.insert(
+        "r5".into(),
+        vec![refusal(
+            DecisionStatus::LimitExceeded,
+            RefusalReason::PerUserLimit,
+            t2,
+        )],
+    );
+    want.insert(
+        "p1".into(),
+        vec![Answer::Transition {
+            to: OrderStatus::Paid,
+            order: record_of("r1", &order("r1", "u1", 2, OrderStatus::Paid)),
+            decided_at_ms: t2,
+        }],
+    );
+    want.insert(
+        "x2".into(),
+        vec![Answer::Transition {
+            to: OrderStatus::Cancelled,
+            order: record_of("r2", &order("r2", "u2", 1, OrderStatus::Cancelled)),
+            decided_at_ms: t2,
+        }],
+    );
+    want.insert(
+        "p3-other".into(),
+        vec![Answer::CommandRefused {
+            reason: RefusalReason::NotOwner,
+            decided_at_ms: t2,
+        }],
+    );
+    check_requests(&mut b, cid, &want, &returned).await;
+    check_stock(
+        &mut b,
+        cid,
+        StockCounters {
+            total: 5,
+            available: 1,
+            reserved: 2,
+            paid: 2,
+        },
+    )
+    .await;
+
+    // Call 3, past the deadline: a late pay expires its order, the sweep
+    // expires the other one; then a close.
+    while redis_ms(&mut b.con).await <= deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = [
+        order_cmd(cid, "p6-late", &o("r6"), "u6", OrderAction::Pay),
+        RequestEvent::ExpireDue(ExpireDue {
+            schema_version: 1,
+            request_id: "sweep".into(),
+            campaign_id: cid.into(),
+        }),
+        admin(cid, "close", CampaignAction::Close),
+    ];
+    let (out, t3) = b.run_at(cid, &events).await;
+    by_request(&events, &out, &mut returned);
+    assert_eq!(
+        out[1],
+        vec![Answer::Transition {
+            to: OrderStatus::Expired,
+            order: record_of("r3", &order("r3", "u3", 1, OrderStatus::Expired)),
+            decided_at_ms: t3,
+        }],
+        "the sweep expires r3's order"
+    );
+    want.insert(
+        "p6-late".into(),
+        vec![
+            Answer::Transition {
+                to: OrderStatus::Expired,
+                order: record_of("r6", &order("r6", "u6", 1, OrderStatus::Expired)),
+                decided_at_ms: t3,
+            },
+            Answer::CommandRefused {
+                reason: RefusalReason::Expired,
+                decided_at_ms: t3,
+            },
+        ],
+    );
+    want.insert("close".into(), vec![campaign_answer(Applied, None, t3)]);
+
+    check_requests(&mut b, cid, &want, &returned).await;
+    let orders = BTreeMap::from([
+        (o("r1"), order("r1", "u1", 2, OrderStatus::Paid)),
+        (o("r2"), order("r2", "u2", 1, OrderStatus::Cancelled)),
+        (o("r3"), order("r3", "u3", 1, OrderStatus::Expired)),
+        (o("r6"), order("r6", "u6", 1, OrderStatus::Expired)),
+    ]);
+    check_orders(&mut b, cid, &orders).await;
+    check_stock(
+        &mut b,
+        cid,
+        StockCounters {
+            total: 5,
+            available: 3,
+            reserved: 0,
+            paid: 2,
+        },
+    )
+    .await;
+    let created_at = check_meta(&mut b, &spec, true, false).await;
+    assert_eq!(created_at, t1, "created when the create was decided");
+}
+
+/// A lottery created as a draft: a publish, a won free prize (born paid), a
+/// lost draw, stock added to the prize.
+#[tokio::test]
+async fn lottery_records_read_back_byte_for_byte() {
+    let mut b = Bench::new().await;
+    let cid = "lt";
+    let mut spec = lottery(cid, DrawStrategy::Fixed, vec![prize("gold", 3, 0.5)]);
+    spec.draft = true;
+    // Draw points are a function of the seed (the id) and the request id:
+    // pick one request that lands in gold's band and one that does not.
+    let pick = |win: bool| {
+        (0..)
+            .map(|i| format!("draw-{i}"))
+            .find(|r| (draw_point(cid, r) < 0.5) == win)
+            .expect("some request id")
+    };
+    let (win, lose) = (pick(true), pick(false));
+    let events = [
+        create_event(&spec),
+        admin(cid, "publish", CampaignAction::Publish),
+        buy(cid, &win, "winner", 1),
+        buy(cid, &lose, "loser", 1),
+        admin(
+            cid,
+            "add-gold",
+            CampaignAction::AddStock {
+                quantity: 2,
+                prize_id: Some("gold".into()),
+            },
+        ),
+    ];
+    let (out, t) = b.run_at(cid, &events).await;
+    b.specs.insert(cid.into(), spec.clone());
+    let mut returned = BTreeMap::new();
+    by_request(&events, &out, &mut returned);
+
+    use CampaignOutcome::*;
+    let want = BTreeMap::from([
+        (
+            "create-lt-3".to_owned(),
+            vec![campaign_answer(Created, None, t)],
+        ),
+        (
+            "publish".to_owned(),
+            vec![campaign_answer(Applied, None, t)],
+        ),
+        (
+            win.clone(),
+            vec![Answer::Purchase {
+                status: DecisionStatus::Won,
+                reason: None,
+                order_id: Some(order_id_for(&win)),
+                quantity: 1,
+                decided_at_ms: t,
+                // Born paid: no payment deadline ahead.
+                expires_at_ms: t,
+                price: 0,
+                prize_id: Some("gold".into()),
+                confirmed: true,
+            }],
+        ),
+        (
+            lose.clone(),
+            vec![refusal(DecisionStatus::Lost, RefusalReason::Lost, t)],
+        ),
+        (
+            "add-gold".to_owned(),
+            vec![campaign_answer(Applied, None, t)],
+        ),
+    ]);
+    check_requests(&mut b, cid, &want, &returned).await;
+    let orders = BTreeMap::from([(
+        order_id_for(&win),
+        StoredOrder {
+            user_id: "winner".into(),
+            quantity: 1,
+            status: OrderStatus::Paid,
+            expires_at_ms: t,
+            purchase_request_id: win.clone(),
+            price: 0,
+            created_at_ms: t,
+            prize_id: Some("gold".into()),
+        },
+    )]);
+    check_orders(&mut b, cid, &orders).await;
+    check_stock(
+        &mut b,
+        cid,
+        StockCounters {
+            total: 5,
+            available: 4,
+            reserved: 0,
+            paid: 1,
+        },
+    )
+    .await;
+    // The prize's units left and ever added.
+    let k = KeyLayout::new("t").campaign(cid);
+    let prizes = b.hash(&k.prizes).await;
+    assert_eq!(
+        prizes,
+        HashMap::from([
+            ("gold".to_owned(), "4".to_owned()),
+            (state::prizes::total("gold"), "5".to_owned()),
+        ])
+    );
+    // Published: no longer a draft, though the definition says it was
+    // created as one.
+    let created_at = check_meta(&mut b, &spec, false, false).await;
+    assert_eq!(created_at, t);
 }

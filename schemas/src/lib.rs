@@ -37,8 +37,8 @@ pub use events::{
 };
 pub use ids::{draw_point, order_id_for, request_id_for_key};
 pub use reason::{RefusalReason, UnknownReason};
-pub use state::{CampaignKeys, KeyLayout};
 pub use rules::{Attributes, CompareOp, Rule};
+pub use state::{CampaignKeys, KeyLayout};
 pub use topics::Topics;
 pub use validate::{validate_campaign_id, validate_user_id, ValidationError, MAX_QUANTITY};
 

@@ -1,7 +1,7 @@
-//! Kafka helpers: producing test traffic, reading whole topics, and the
-//! decisions on the orders topic.
+//! Kafka helpers: producing test traffic, reading whole topics and their
+//! headers, and the decisions on the orders topic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -13,6 +13,9 @@ use serde_json::json;
 
 use seckill_kafka::KafkaSettings;
 use seckill_schemas::{Decision, OrderEvent};
+
+use super::sale::new_request_id;
+use super::Stack;
 
 /// Whether the broker answers a metadata request (blocking client on the
 /// blocking pool).
@@ -83,6 +86,22 @@ pub(crate) fn purchase_json(
     .expect("serialise purchase")
 }
 
+/// `n` purchase events for `cid` (one unit each), user `user(i)` for the
+/// i-th: their request ids and the (key, payload) messages.
+pub(crate) fn purchases(
+    cid: &str,
+    n: usize,
+    user: impl Fn(usize) -> String,
+) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
+    let ids: Vec<String> = (0..n).map(|_| new_request_id()).collect();
+    let messages = ids
+        .iter()
+        .enumerate()
+        .map(|(i, rid)| (cid.to_owned(), purchase_json(rid, cid, &user(i), 1)))
+        .collect();
+    (ids, messages)
+}
+
 /// An idempotent producer that waits for every acknowledgement.
 #[derive(Clone)]
 pub(crate) struct Producer {
@@ -117,6 +136,32 @@ impl Producer {
                 .key(key.as_str())
                 .payload(payload.as_slice());
             pending.push(self.inner.send(record, Duration::from_secs(60)));
+        }
+        for r in join_all(pending).await {
+            if let Err((e, _)) = r {
+                panic!("produce to {topic}: {e}");
+            }
+        }
+    }
+}
+
+/// Produces `messages` (partition, key, payload) to exactly those
+/// partitions of `topic`, keeping their order per partition.
+pub(crate) async fn produce_exact(
+    producer: &Producer,
+    topic: &str,
+    messages: &[(i32, Option<Vec<u8>>, Vec<u8>)],
+) {
+    for chunk in messages.chunks(2000) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for (p, key, payload) in chunk {
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .partition(*p)
+                .payload(payload.as_slice());
+            if let Some(k) = key {
+                record = record.key(k.as_slice());
+            }
+            pending.push(producer.inner.send(record, Duration::from_secs(60)));
         }
         for r in join_all(pending).await {
             if let Err((e, _)) = r {
@@ -173,6 +218,55 @@ pub(crate) async fn consume_topic(
             }
             Err(_) if out.len() >= min => break,
             Err(_) => {}
+        }
+    }
+    out
+}
+
+/// The whole of `topic` on the stack's broker (at least `min` messages,
+/// then until idle for 2 s; at most `timeout`), in partition and offset
+/// order.
+pub(crate) async fn read_topic(
+    stack: &Stack,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
+    let mut out = consume_topic(&stack.kafka(), topic, min, Duration::from_secs(2), timeout).await;
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    out
+}
+
+/// A message's payload as an order event, if it is one.
+pub(crate) fn order_event(message: &OwnedMessage) -> Option<OrderEvent> {
+    serde_json::from_slice(message.payload().unwrap_or_default()).ok()
+}
+
+/// A message's headers as text, by name (the last one of a name wins).
+pub(crate) fn headers_of(m: &OwnedMessage) -> BTreeMap<String, String> {
+    m.headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How often each header name occurs on a message (overwritten, never
+/// appended, means once).
+pub(crate) fn header_counts(m: &OwnedMessage) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            *out.entry(h.key.to_owned()).or_default() += 1;
         }
     }
     out

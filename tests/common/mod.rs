@@ -1,6 +1,15 @@
-//! Shared machinery of the end-to-end suite: a private stack (redis-server +
+//! Shared machinery of the end-to-end suites: a private stack (redis-server +
 //! tansu) per test, handles on `seckill` processes, an HTTP client, Kafka
-//! helpers and an invariant checker.
+//! helpers, sale helpers and the invariant checkers.
+//!
+//! - `http`: a client for the public API (`Api`);
+//! - `kafka`: producing traffic, reading whole topics and their headers;
+//! - `seckill`: `seckill` role processes and ops commands;
+//! - `roles`: the roles as separate processes (`start_roles`);
+//! - `sale`: campaigns, purchases, pay/cancel, stats over HTTP, and the
+//!   shared assertions (`assert_clean`, `assert_none`, `tally`);
+//! - `invariants`: the HTTP-side checker (`check_campaign`);
+//! - `checker`: `seckill_cli::check` bound to a stack (`Checker`).
 //!
 //! Every process a test starts is a child of the test process and is killed
 //! when its handle drops, also when the test panics. Children are started
@@ -22,9 +31,12 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod checker;
 pub(crate) mod http;
 pub(crate) mod invariants;
 pub(crate) mod kafka;
+pub(crate) mod roles;
+pub(crate) mod sale;
 pub(crate) mod seckill;
 
 use std::collections::HashSet;
@@ -43,13 +55,22 @@ use seckill_schemas::{KeyLayout, Topics};
 
 // Not every suite uses every helper.
 #[allow(unused_imports)]
+pub(crate) use checker::{first_decisions, reserved_of, wait_all_decided, Checker};
+#[allow(unused_imports)]
 pub(crate) use http::{Api, CampaignArgs};
 #[allow(unused_imports)]
 pub(crate) use invariants::{check_campaign, Report};
 #[allow(unused_imports)]
-pub(crate) use kafka::{consume_topic, purchase_json, read_decisions, DecisionLog, Producer};
+pub(crate) use kafka::{
+    consume_topic, header_counts, headers_of, purchase_json, purchases, read_decisions, read_topic,
+    DecisionLog, Producer,
+};
 #[allow(unused_imports)]
-pub(crate) use seckill::Seckill;
+pub(crate) use roles::{fault_file, start_roles, Roles};
+#[allow(unused_imports)]
+pub(crate) use sale::{assert_clean, assert_none, new_request_id, tally};
+#[allow(unused_imports)]
+pub(crate) use seckill::{last_json, Seckill};
 
 /// Session timeout of every consumer group in the tests: a group (re)joins
 /// after about half of it.
@@ -87,6 +108,23 @@ where
             return Err(last);
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Polls `probe` (every 20 ms, at most `secs`) until it returns `Some`;
+/// panics with `what` after that.
+pub(crate) async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,4 +1,4 @@
-//! Handles on `seckill` processes.
+//! Handles on `seckill` processes, and the output of its ops commands.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -258,6 +258,14 @@ impl Drop for Seckill {
             );
         }
     }
+}
+
+/// The JSON line a `seckill` ops command printed last.
+pub(crate) fn last_json(out: &str) -> serde_json::Value {
+    out.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .unwrap_or_else(|| panic!("no JSON line in the output:\n{out}"))
 }
 
 /// Runs `seckill <args>` to completion; panics with its output unless it

@@ -6,18 +6,20 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
+use seckill_schemas::state::{meta, RecordError};
 use seckill_schemas::{
     now_ms, validate_campaign_id, AddStockBody, CampaignAction, CampaignApplied, CampaignCommand,
-    CampaignOutcome, CampaignSpec, RefusalReason, RequestEvent, UpsertCampaign, UserParticipation, SCHEMA_VERSION,
+    CampaignOutcome, CampaignSpec, DecisionStatus, RefusalReason, RequestEvent, UpsertCampaign,
+    UserParticipation, SCHEMA_VERSION,
 };
 
 use super::queue::submit;
 use crate::body;
-use crate::cache::{read_definition, read_view};
+use crate::cache::{read_count, read_definition, read_view, ReadError};
 use crate::listener::Wakeup;
 use crate::problem::Problem;
 use crate::state::{App, AppState};
@@ -27,6 +29,23 @@ const APPLY_WAIT: Duration = Duration::from_secs(10);
 
 fn redis_down(e: redis::RedisError) -> Problem {
     Problem::unavailable(format!("Redis unavailable: {e}")).retry_after(1)
+}
+
+/// A campaign field this build cannot read: the state is damaged or was
+/// written by a build that disagrees with this one. Retrying will not help.
+fn unreadable(e: RecordError) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal Server Error",
+        format!("campaign state unreadable: {e}"),
+    )
+}
+
+fn read_failed(e: ReadError) -> Problem {
+    match e {
+        ReadError::Redis(e) => redis_down(e),
+        ReadError::Record(e) => unreadable(e),
+    }
 }
 
 pub(super) fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
@@ -53,7 +72,7 @@ async fn view_response(app: &App, id: &str, status: StatusCode) -> Response {
     match read_view(&mut con, &app.keys, id).await {
         Ok(Some(view)) => (status, Json(view)).into_response(),
         Ok(None) => Problem::not_found(format!("campaign {id:?} does not exist")).into_response(),
-        Err(e) => redis_down(e).into_response(),
+        Err(e) => read_failed(e).into_response(),
     }
 }
 
@@ -274,26 +293,48 @@ pub(super) async fn user(
 ) -> Response {
     let k = app.keys.campaign(&id);
     let mut con = app.redis.clone();
-    let r: Result<(Option<String>, Option<u64>, Option<u64>), _> = redis::pipe()
-        .hget(&k.meta, "def")
+    let r: Result<(Option<String>, Option<String>, Option<String>), _> = redis::pipe()
+        .hget(&k.meta, meta::DEFINITION)
         .hget(&k.users, &user_id)
         .hget(&k.attempts, &user_id)
         .query_async(&mut con)
         .await;
-    match r {
+    let (units, attempts) = match r {
         Ok((None, _, _)) => {
-            Problem::not_found(format!("campaign {id:?} does not exist")).into_response()
+            return Problem::not_found(format!("campaign {id:?} does not exist")).into_response()
         }
-        Ok((Some(_), units, attempts)) => Json(UserParticipation {
-            campaign_id: id,
-            user_id,
-            bought: units.unwrap_or(0) > 0,
-            units: units.unwrap_or(0),
-            attempts: attempts.unwrap_or(0),
+        Ok((Some(_), units, attempts)) => (units, attempts),
+        Err(e) => return redis_down(e).into_response(),
+    };
+    let count = |kind, v: Option<String>| read_count(kind, &user_id, v.as_deref());
+    let (units, attempts) = match (count("users", units), count("attempts", attempts)) {
+        (Ok(units), Ok(attempts)) => (units, attempts),
+        (Err(e), _) | (_, Err(e)) => return unreadable(e).into_response(),
+    };
+    Json(UserParticipation {
+        campaign_id: id,
+        user_id,
+        bought: units > 0,
+        units,
+        attempts,
+    })
+    .into_response()
+}
+
+/// The `stats` hash: decision status -> requests decided so.
+fn read_decisions(
+    raw: &BTreeMap<String, String>,
+) -> Result<BTreeMap<&'static str, u64>, RecordError> {
+    raw.iter()
+        .map(|(status, n)| {
+            let s = DecisionStatus::parse(status).ok_or_else(|| RecordError {
+                kind: "stats",
+                raw: format!("{status}={n}"),
+                why: "unknown decision status".into(),
+            })?;
+            Ok((s.as_str(), read_count("stats", status, Some(n))?))
         })
-        .into_response(),
-        Err(e) => redis_down(e).into_response(),
-    }
+        .collect()
 }
 
 /// `GET /v1/campaigns/{id}/stats`: stock, and requests decided by outcome.
@@ -304,28 +345,33 @@ pub(super) async fn stats(State(app): State<AppState>, Path(id): Path<String>) -
         Ok(None) => {
             return Problem::not_found(format!("campaign {id:?} does not exist")).into_response()
         }
-        Err(e) => return redis_down(e).into_response(),
+        Err(e) => return read_failed(e).into_response(),
     };
     let k = app.keys.campaign(&id);
-    let r: Result<(HashMap<String, u64>, u64, u64), _> = redis::pipe()
+    let r: Result<(BTreeMap<String, String>, u64, u64), _> = redis::pipe()
         .hgetall(&k.stats)
         .hlen(&k.users)
         .zcard(&k.deadlines)
         .query_async(&mut con)
         .await;
-    match r {
-        Ok((decisions, buyers, awaiting_payment)) => Json(json!({
-            "campaign_id": id,
-            "state": view.state,
-            "stock": view.stock,
-            "prizes": view.prizes,
-            "decisions": decisions,
-            "users_holding": buyers,
-            "orders_awaiting_payment": awaiting_payment,
-        }))
-        .into_response(),
-        Err(e) => redis_down(e).into_response(),
-    }
+    let (decisions, buyers, awaiting_payment) = match r {
+        Ok(v) => v,
+        Err(e) => return redis_down(e).into_response(),
+    };
+    let decisions = match read_decisions(&decisions) {
+        Ok(d) => d,
+        Err(e) => return unreadable(e).into_response(),
+    };
+    Json(json!({
+        "campaign_id": id,
+        "state": view.state,
+        "stock": view.stock,
+        "prizes": view.prizes,
+        "decisions": decisions,
+        "users_holding": buyers,
+        "orders_awaiting_payment": awaiting_payment,
+    }))
+    .into_response()
 }
 
 /// The recorded result of a command, by request id.

@@ -18,10 +18,7 @@ pub(super) async fn live() -> Json<serde_json::Value> {
 /// Readiness: broker, Redis and the order store all answer.
 pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let limit = Duration::from_secs(3);
-    let kafka = tokio::time::timeout(
-        limit,
-        seckill_kafka::broker_reachable(&app.producer),
-    );
+    let kafka = tokio::time::timeout(limit, seckill_kafka::broker_reachable(&app.producer));
     let mut con = app.redis.clone();
     let redis = tokio::time::timeout(limit, async move {
         redis::cmd("PING").query_async::<String>(&mut con).await

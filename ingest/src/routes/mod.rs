@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-
 use crate::internal_events;
 use crate::problem::Problem;
 use crate::state::AppState;

@@ -8,8 +8,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use seckill_schemas::{
-    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, RefusalReason, RequestEvent,
-    SCHEMA_VERSION,
+    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, RefusalReason,
+    RequestEvent, SCHEMA_VERSION,
 };
 use seckill_store::OrderFilter;
 

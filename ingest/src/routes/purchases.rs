@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use seckill_schemas::{
     now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Attributes, CampaignKind,
-    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RefusalReason, RequestEvent,
-    MAX_QUANTITY, SCHEMA_VERSION,
+    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RefusalReason,
+    RequestEvent, MAX_QUANTITY, SCHEMA_VERSION,
 };
 
 use super::queue::{accepted, submit};

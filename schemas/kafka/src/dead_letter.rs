@@ -156,4 +156,3 @@ pub async fn dead_letter(
     )
     .await
 }
-

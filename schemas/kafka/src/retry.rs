@@ -82,7 +82,11 @@ mod tests {
         let base = [50, 100, 200, 400, 400, 400, 400, 400];
         for (p, d) in seen.iter().zip(base) {
             let d = Duration::from_millis(d);
-            assert!(*p >= d && *p < 2 * d, "pause {p:?} outside [{d:?}, {:?})", 2 * d);
+            assert!(
+                *p >= d && *p < 2 * d,
+                "pause {p:?} outside [{d:?}, {:?})",
+                2 * d
+            );
         }
         // Two loops that start together do not pause alike (lockstep).
         let other: Vec<Duration> = b.pauses().take(8).collect();
@@ -100,7 +104,13 @@ mod tests {
             || {
                 calls.set(calls.get() + 1);
                 let n = calls.get();
-                async move { if n < 4 { Err("down") } else { Ok(n) } }
+                async move {
+                    if n < 4 {
+                        Err("down")
+                    } else {
+                        Ok(n)
+                    }
+                }
             },
             |_: &&str| failures.set(failures.get() + 1),
         )

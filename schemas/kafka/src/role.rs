@@ -43,7 +43,6 @@ pub async fn broker_reachable(producer: &FutureProducer) -> Result<(), KafkaErro
     .unwrap_or(Err(KafkaError::Canceled))
 }
 
-
 /// Every metric this process registered, in the Prometheus text format
 /// (what each role serves at /metrics).
 pub fn metrics_text() -> String {

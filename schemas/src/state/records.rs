@@ -77,7 +77,12 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn parsed<T>(&self, i: usize, name: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, RecordError> {
+    fn parsed<T>(
+        &self,
+        i: usize,
+        name: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, RecordError> {
         parse(self.f[i]).ok_or_else(|| self.err(format!("unknown {name} {:?}", self.f[i])))
     }
 

@@ -98,11 +98,7 @@ pub async fn run(
         let replays = batch
             .iter()
             .filter(|m| {
-                seckill_kafka::header_str(
-                    m,
-                    seckill_kafka::headers::REPLAY_COUNT,
-                )
-                .is_some()
+                seckill_kafka::header_str(m, seckill_kafka::headers::REPLAY_COUNT).is_some()
             })
             .count();
         if replays > 0 {

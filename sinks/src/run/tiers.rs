@@ -10,8 +10,8 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use seckill_kafka::KafkaConsumer;
 
-use seckill_schemas::now_ms;
 use seckill_kafka::{header_i64, headers, store_done};
+use seckill_schemas::now_ms;
 
 use super::handler::{parse, Sink};
 

@@ -61,7 +61,10 @@ pub(super) async fn status_only_moves_forward(store: &dyn OrderStore) {
         ])
         .await
         .unwrap();
-    assert_eq!(store.get_order(&id).await.unwrap().unwrap().status, OrderStatus::Paid);
+    assert_eq!(
+        store.get_order(&id).await.unwrap().unwrap().status,
+        OrderStatus::Paid
+    );
 
     // A state change whose creation the store never saw still lands whole.
     store

@@ -55,9 +55,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn view(r: OrderRowTuple) -> Result<OrderView, StoreError> {
-    let status = r.6.parse().map_err(|e| {
-        StoreError::Invalid(format!("order {} in the store: {e}", r.0))
-    })?;
+    let status =
+        r.6.parse()
+            .map_err(|e| StoreError::Invalid(format!("order {} in the store: {e}", r.0)))?;
     Ok(OrderView {
         order_id: r.0,
         request_id: r.1,
