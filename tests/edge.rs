@@ -57,7 +57,15 @@ async fn harness_starts_redis_and_tansu_and_stops_them_on_drop() {
     within(
         60,
         "create topics",
-        seckill_kafka::ensure_topics(&kafka, &stack.topics, 3, 3),
+        seckill_kafka::ensure_topics(
+            &kafka,
+            &stack.topics,
+            &seckill_kafka::TopicSettings {
+                partitions: 3,
+                ..Default::default()
+            },
+            3,
+        ),
     )
     .await
     .expect("create topics on tansu");

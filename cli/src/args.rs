@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Args;
-use seckill_kafka::KafkaSettings;
+use seckill_kafka::{KafkaSettings, TopicSettings};
 use seckill_schemas::Topics;
 
 #[derive(Debug, Clone, Args)]
@@ -21,6 +21,32 @@ pub(crate) struct KafkaArgs {
     /// Partitions of the requests and orders topics when they are created.
     #[arg(long, env = "SECKILL_PARTITIONS", default_value_t = 4)]
     pub(crate) partitions: i32,
+    /// Replication factor of the topics seckill creates (1 for one local
+    /// broker; 3 in production).
+    #[arg(long, env = "SECKILL_REPLICATION_FACTOR", default_value_t = 1)]
+    pub(crate) replication_factor: i32,
+    /// `min.insync.replicas` of the topics seckill creates (unset: the
+    /// broker's default; 2 in production, with replication 3).
+    #[arg(long, env = "SECKILL_MIN_INSYNC_REPLICAS")]
+    pub(crate) min_insync_replicas: Option<i32>,
+    /// `retention.ms` of the requests topic and the retry tiers.
+    #[arg(
+        long,
+        env = "SECKILL_REQUESTS_RETENTION_MS",
+        default_value_t = 604_800_000
+    )]
+    pub(crate) requests_retention_ms: i64,
+    /// `retention.ms` of the orders log and the fulfilment topic (-1:
+    /// forever; `seckill reconcile` rebuilds campaigns from the log).
+    #[arg(long, env = "SECKILL_ORDERS_RETENTION_MS", default_value_t = -1)]
+    pub(crate) orders_retention_ms: i64,
+    /// `retention.ms` of the DLQs and quarantines.
+    #[arg(
+        long,
+        env = "SECKILL_DLQ_RETENTION_MS",
+        default_value_t = 2_592_000_000
+    )]
+    pub(crate) dlq_retention_ms: i64,
     /// Delay of each of the sinks' retry tiers (`<prefix>.orders.retry.N`),
     /// comma-separated; a failure passes through them, then to the DLQ.
     #[arg(
@@ -30,6 +56,28 @@ pub(crate) struct KafkaArgs {
         default_value = "10000,30000,60000"
     )]
     pub(crate) retry_delays_ms: Vec<u64>,
+    /// A librdkafka property for every Kafka client, KEY=VALUE; repeatable
+    /// (in the environment: `;`-separated). Set after seckill's own, so it
+    /// can override them, e.g. `security.protocol=SASL_SSL`,
+    /// `sasl.mechanisms=SCRAM-SHA-512`, `sasl.username=...`,
+    /// `ssl.ca.location=/etc/kafka/ca.pem`.
+    #[arg(
+        long = "kafka-property",
+        env = "SECKILL_KAFKA_PROPERTIES",
+        value_delimiter = ';',
+        value_name = "KEY=VALUE",
+        value_parser = kafka_property
+    )]
+    pub(crate) kafka_properties: Vec<(String, String)>,
+    /// Static group membership: this member's `group.instance.id` (e.g. the
+    /// pod name, unique in the deployment). A member restarted within the
+    /// session timeout keeps its partitions without a group rebalance.
+    #[arg(long, env = "SECKILL_INSTANCE_ID")]
+    pub(crate) instance_id: Option<String>,
+}
+
+fn kafka_property(s: &str) -> Result<(String, String), String> {
+    seckill_kafka::parse_property(s).map_err(|e| e.to_string())
 }
 
 impl KafkaArgs {
@@ -37,6 +85,19 @@ impl KafkaArgs {
         KafkaSettings {
             brokers: self.kafka_brokers.clone(),
             session_timeout_ms: self.kafka_session_timeout_ms,
+            properties: self.kafka_properties.clone(),
+            instance_id: self.instance_id.clone(),
+        }
+    }
+
+    pub(crate) fn topic_settings(&self) -> TopicSettings {
+        TopicSettings {
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            min_insync_replicas: self.min_insync_replicas,
+            requests_retention_ms: self.requests_retention_ms,
+            orders_retention_ms: self.orders_retention_ms,
+            dlq_retention_ms: self.dlq_retention_ms,
         }
     }
 
@@ -84,6 +145,14 @@ pub(crate) struct ProcessArgs {
     /// How often overdue reservations are looked for and expired.
     #[arg(long, env = "SECKILL_EXPIRY_INTERVAL_MS", default_value_t = 500)]
     pub(crate) expiry_interval_ms: u64,
+    /// How long a closed or ended campaign keeps its per-request and
+    /// per-order records in Redis before they expire (meta and stock stay).
+    #[arg(
+        long,
+        env = "SECKILL_CAMPAIGN_RETENTION_SECS",
+        default_value_t = 604_800
+    )]
+    pub(crate) campaign_retention_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

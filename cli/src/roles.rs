@@ -1,17 +1,20 @@
 //! Starting the roles, alone or all together.
 
+use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
 use clap::{Args, Subcommand};
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use seckill_ingest::IngestConfig;
-use seckill_kafka::{ensure_topics, shutdown_signal};
+use seckill_kafka::{ensure_topics, shutdown_signal, TopicReport};
 use seckill_processors::ProcessorConfig;
 use seckill_schemas::Topics;
 use seckill_sinks::SinkConfig;
@@ -33,6 +36,8 @@ pub(crate) struct AllCmd {
     process: ProcessArgs,
     #[command(flatten)]
     sink: SinkArgs,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +50,8 @@ pub(crate) struct IngestCmd {
     store: StoreArgs,
     #[command(flatten)]
     ingest: IngestArgs,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +65,8 @@ pub(crate) struct ProcessCmd {
     /// Where /metrics and /healthz are served.
     #[arg(long, env = "SECKILL_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     metrics_addr: SocketAddr,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +80,25 @@ pub(crate) struct SinkCmd {
     /// Where /metrics and /healthz are served.
     #[arg(long, env = "SECKILL_METRICS_ADDR", default_value = "127.0.0.1:9465")]
     metrics_addr: SocketAddr,
+    #[command(flatten)]
+    shutdown: ShutdownArgs,
+}
+
+/// How a role process stops.
+#[derive(Debug, Args)]
+pub(crate) struct ShutdownArgs {
+    /// Seconds the roles get, after SIGTERM or Ctrl-C, to finish or abandon
+    /// their batches, commit what they can and close. Past it the process
+    /// logs the roles still running and exits with a failure code; what
+    /// they held is redelivered (decisions and writes are idempotent).
+    #[arg(long, env = "SECKILL_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    shutdown_grace_secs: u64,
+}
+
+impl ShutdownArgs {
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +130,7 @@ fn processor_config(k: &KafkaArgs, r: &RedisArgs, p: &ProcessArgs) -> ProcessorC
         batch_max_ms: p.batch_max_ms,
         decision_ttl_secs: p.decision_ttl_secs,
         expiry_interval_ms: p.expiry_interval_ms,
+        campaign_retention_secs: p.campaign_retention_secs,
     }
 }
 
@@ -135,11 +164,11 @@ fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
     }
 }
 
-async fn create_topics(k: &KafkaArgs) -> anyhow::Result<()> {
+async fn create_topics(k: &KafkaArgs) -> anyhow::Result<Vec<TopicReport>> {
     ensure_topics(
         &k.settings(),
         &k.topics(),
-        k.partitions,
+        &k.topic_settings(),
         k.retry_delays_ms.len(),
     )
     .await
@@ -164,48 +193,172 @@ pub(crate) async fn store(s: &StoreArgs) -> anyhow::Result<Arc<dyn OrderStore>> 
     })
 }
 
-/// Runs the roles in `set` until a signal (SIGTERM, Ctrl-C) or until one of
-/// them stops; then cancels the rest and waits for them to drain.
+/// The roles of one process, by name.
+#[derive(Default)]
+struct Roles {
+    set: JoinSet<anyhow::Result<()>>,
+    names: HashMap<Id, &'static str>,
+}
+
+impl Roles {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        role: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let handle = self.set.spawn(role);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The next role to end: its name and how it ended.
+    async fn next(&mut self) -> Option<(&'static str, anyhow::Result<()>)> {
+        let (id, outcome) = match self.set.join_next_with_id().await? {
+            Ok((id, r)) => (id, r),
+            Err(e) => (e.id(), Err(anyhow::Error::from(e))),
+        };
+        Some((self.names.remove(&id).unwrap_or("role"), outcome))
+    }
+
+    fn running(&self) -> String {
+        let mut names: Vec<&str> = self.names.values().copied().collect();
+        names.sort_unstable();
+        names.join(",")
+    }
+}
+
+/// How long the runtime's teardown (dropping what the roles left behind)
+/// may take past the grace period before the process exits regardless.
+const TEARDOWN: Duration = Duration::from_secs(1);
+
+/// Runs the roles until a signal (SIGTERM, Ctrl-C) or until one of them
+/// stops; then cancels the rest and waits for them at most `grace`. Past
+/// it, logs the roles still running and returns an error (they hold
+/// nothing that is not redelivered). A second signal exits at once.
 async fn supervise(
-    mut set: JoinSet<anyhow::Result<()>>,
+    mut roles: Roles,
     cancel: CancellationToken,
+    grace: Duration,
 ) -> anyhow::Result<()> {
     let signal = cancel.clone();
     tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!(
+                    grace_secs = grace.as_secs(),
+                    "shutting down: finishing or abandoning the batches in flight"
+                );
+                signal.cancel();
+            }
+            // Stopping on its own (a role ended): a signal still hurries it.
+            _ = signal.cancelled() => {}
+        }
         shutdown_signal().await;
-        tracing::info!("shutting down: finishing the batches in flight");
-        signal.cancel();
+        tracing::error!("second signal: exiting now; what the roles held is redelivered");
+        std::process::exit(130);
     });
     let mut result = Ok(());
-    while let Some(joined) = set.join_next().await {
-        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+    fn record(name: &str, outcome: anyhow::Result<()>, result: &mut anyhow::Result<()>) {
         if let Err(e) = outcome {
-            tracing::error!(error = %format!("{e:#}"), "a role failed; stopping the others");
+            tracing::error!(role = name, error = %format!("{e:#}"), "a role failed; stopping the others");
             if result.is_ok() {
-                result = Err(e);
+                *result = Err(e.context(format!("role {name}")));
             }
         }
-        cancel.cancel();
     }
+    // Until the stop: a role that ends (failed or not) stops the others.
+    while !cancel.is_cancelled() {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            ended = roles.next() => match ended {
+                None => return result,
+                Some((name, outcome)) => {
+                    tracing::info!(role = name, "role ended; stopping the others");
+                    record(name, outcome, &mut result);
+                    cancel.cancel();
+                }
+            },
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let deadline = started + grace;
+    loop {
+        match tokio::time::timeout_at(deadline, roles.next()).await {
+            Ok(None) => break,
+            Ok(Some((name, outcome))) => {
+                tracing::info!(
+                    role = name,
+                    after_ms = started.elapsed().as_millis() as u64,
+                    "role stopped"
+                );
+                record(name, outcome, &mut result);
+            }
+            Err(_) => {
+                let running = roles.running();
+                tracing::error!(
+                    roles = %running,
+                    grace_secs = grace.as_secs(),
+                    "shutdown grace period exceeded; abandoning the roles still running (the \
+                     batches they hold are redelivered: decisions and writes are idempotent)"
+                );
+                // Left to the runtime's teardown, which the exit guard bounds.
+                roles.set.detach_all();
+                exit_guard(tokio::time::Instant::now() + TEARDOWN, 1);
+                return Err(anyhow::anyhow!(
+                    "shutdown grace period of {}s exceeded; abandoned: {running}",
+                    grace.as_secs()
+                ));
+            }
+        }
+    }
+    tracing::info!(
+        after_ms = started.elapsed().as_millis() as u64,
+        "every role stopped"
+    );
+    // What the roles left behind (librdkafka handles still closing, blocking
+    // calls) is dropped by the runtime's teardown; it must not outlast the
+    // grace period.
+    exit_guard(deadline.max(tokio::time::Instant::now() + TEARDOWN), 1);
     result
 }
 
+/// Exits the process with `code` at `at` unless it has exited by then.
+fn exit_guard(at: tokio::time::Instant, code: i32) {
+    let at = at.into_std();
+    let spawned = std::thread::Builder::new()
+        .name("exit-guard".to_owned())
+        .spawn(move || {
+            std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+            tracing::error!(
+                "still tearing down past the shutdown grace period (a Kafka client that \
+                 cannot reach the broker?); exiting"
+            );
+            std::process::exit(code);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no exit guard thread; the teardown is unbounded");
+    }
+}
+
 /// /metrics and /healthz for the roles without an HTTP API of their own.
-fn serve_metrics(
-    set: &mut JoinSet<anyhow::Result<()>>,
-    addr: SocketAddr,
-    cancel: CancellationToken,
-) {
-    set.spawn(async move {
+fn serve_metrics(roles: &mut Roles, addr: SocketAddr, cancel: CancellationToken) {
+    roles.spawn("metrics", async move {
         let app = Router::new()
             .route("/metrics", get(|| async { seckill_kafka::metrics_text() }))
             .route("/healthz", get(|| async { "{\"status\":\"ok\"}" }));
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for /metrics (is the port free?)"))?;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
-            .await?;
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .into_future();
+        // A scrape in flight gets a moment; keep-alive connections close.
+        tokio::select! {
+            served = server => served?,
+            _ = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } => {}
+        }
         Ok(())
     });
 }
@@ -215,17 +368,24 @@ impl AllCmd {
         create_topics(&self.kafka).await?;
         let store = store(&self.store).await?;
         let cancel = CancellationToken::new();
-        let mut set = JoinSet::new();
+        let mut roles = Roles::default();
         let pc = processor_config(&self.kafka, &self.redis, &self.process);
         let c = cancel.clone();
-        set.spawn(async move { Ok(seckill_processors::run(pc, c).await?) });
+        roles.spawn("processor", async move {
+            Ok(seckill_processors::run(pc, c).await?)
+        });
         let sc = sink_config(&self.kafka, &self.sink);
         let (s, c) = (Arc::clone(&store), cancel.clone());
-        set.spawn(async move { Ok(seckill_sinks::run(sc, s, c).await?) });
+        roles.spawn(
+            "sink",
+            async move { Ok(seckill_sinks::run(sc, s, c).await?) },
+        );
         let ic = ingest_config(&self.kafka, &self.redis, &self.ingest);
         let c = cancel.clone();
-        set.spawn(async move { Ok(seckill_ingest::serve(ic, store, c).await?) });
-        supervise(set, cancel).await
+        roles.spawn("ingest", async move {
+            Ok(seckill_ingest::serve(ic, store, c).await?)
+        });
+        supervise(roles, cancel, self.shutdown.grace()).await
     }
 }
 
@@ -234,23 +394,27 @@ impl IngestCmd {
         create_topics(&self.kafka).await?;
         let store = store(&self.store).await?;
         let cancel = CancellationToken::new();
-        let mut set = JoinSet::new();
+        let mut roles = Roles::default();
         let ic = ingest_config(&self.kafka, &self.redis, &self.ingest);
         let c = cancel.clone();
-        set.spawn(async move { Ok(seckill_ingest::serve(ic, store, c).await?) });
-        supervise(set, cancel).await
+        roles.spawn("ingest", async move {
+            Ok(seckill_ingest::serve(ic, store, c).await?)
+        });
+        supervise(roles, cancel, self.shutdown.grace()).await
     }
 }
 
 impl ProcessCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
-        let mut set = JoinSet::new();
-        serve_metrics(&mut set, self.metrics_addr, cancel.clone());
+        let mut roles = Roles::default();
+        serve_metrics(&mut roles, self.metrics_addr, cancel.clone());
         let pc = processor_config(&self.kafka, &self.redis, &self.process);
         let c = cancel.clone();
-        set.spawn(async move { Ok(seckill_processors::run(pc, c).await?) });
-        supervise(set, cancel).await
+        roles.spawn("processor", async move {
+            Ok(seckill_processors::run(pc, c).await?)
+        });
+        supervise(roles, cancel, self.shutdown.grace()).await
     }
 }
 
@@ -258,12 +422,14 @@ impl SinkCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         let store = store(&self.store).await?;
         let cancel = CancellationToken::new();
-        let mut set = JoinSet::new();
-        serve_metrics(&mut set, self.metrics_addr, cancel.clone());
+        let mut roles = Roles::default();
+        serve_metrics(&mut roles, self.metrics_addr, cancel.clone());
         let sc = sink_config(&self.kafka, &self.sink);
         let c = cancel.clone();
-        set.spawn(async move { Ok(seckill_sinks::run(sc, store, c).await?) });
-        supervise(set, cancel).await
+        roles.spawn("sink", async move {
+            Ok(seckill_sinks::run(sc, store, c).await?)
+        });
+        supervise(roles, cancel, self.shutdown.grace()).await
     }
 }
 
@@ -271,12 +437,18 @@ impl TopicsCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         match self.action {
             TopicsAction::Create(c) => {
-                create_topics(&c.kafka).await?;
-                let t = c.kafka.topics();
-                println!(
-                    "topics ready: {} {} {} {}",
-                    t.requests, t.orders, t.requests_dlq, t.orders_dlq
-                );
+                for t in create_topics(&c.kafka).await? {
+                    let config: Vec<String> =
+                        t.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{} {}: partitions={} replication={} {}",
+                        if t.created { "created" } else { "found" },
+                        t.name,
+                        t.partitions,
+                        t.replication_factor,
+                        config.join(" ")
+                    );
+                }
                 Ok(())
             }
         }

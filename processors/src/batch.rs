@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::DeliveryFuture;
-use seckill_kafka::ErrorClass;
+use seckill_kafka::{partition_for, ErrorClass};
 use seckill_schemas::{CampaignSpec, RequestEvent};
 
 use seckill_schemas::state::Answer;
@@ -37,21 +37,33 @@ pub(crate) struct Undecidable {
     pub(crate) reason: String,
 }
 
+/// A message on another partition than its key maps to under murmur2 (an
+/// upstream producer with another partitioner): it is forwarded to its
+/// own partition, whose processor decides it in order with the campaign's
+/// commands, and never decided here.
+pub(crate) struct Misplaced {
+    pub(crate) at: usize,
+    pub(crate) to: i32,
+}
+
 /// A batch read from the requests topic.
 pub(crate) struct Batch {
     pub(crate) messages: Vec<OwnedMessage>,
     /// Campaigns in order of first appearance.
     pub(crate) campaigns: Vec<CampaignPart>,
     pub(crate) undecidable: Vec<Undecidable>,
+    pub(crate) misplaced: Vec<Misplaced>,
 }
 
 impl Batch {
     /// Parses `messages` and groups the requests by campaign, keeping offset
-    /// order inside each campaign.
-    pub(crate) fn new(messages: Vec<OwnedMessage>) -> Self {
+    /// order inside each campaign. `partitions` is the topic's partition
+    /// count (0 when unknown: then placement is not checked).
+    pub(crate) fn new(messages: Vec<OwnedMessage>, partitions: i32) -> Self {
         let mut campaigns: Vec<CampaignPart> = Vec::new();
         let mut slots: HashMap<String, usize> = HashMap::new();
         let mut undecidable = Vec::new();
+        let mut misplaced = Vec::new();
         for (at, m) in messages.iter().enumerate() {
             let event = match parse(m) {
                 Ok(event) => event,
@@ -60,6 +72,14 @@ impl Batch {
                     continue;
                 }
             };
+            if partitions > 0 {
+                // parse() checked that the key is the campaign id.
+                let to = partition_for(event.campaign_id().as_bytes(), partitions);
+                if to != m.partition() {
+                    misplaced.push(Misplaced { at, to });
+                    continue;
+                }
+            }
             let cid = event.campaign_id();
             let slot = match slots.get(cid) {
                 Some(&slot) => slot,
@@ -80,6 +100,7 @@ impl Batch {
             messages,
             campaigns,
             undecidable,
+            misplaced,
         }
     }
 }

@@ -20,4 +20,7 @@ pub struct ProcessorConfig {
     pub decision_ttl_secs: u64,
     /// How often overdue reservations are looked for.
     pub expiry_interval_ms: u64,
+    /// How long a closed or ended campaign keeps its per-request and
+    /// per-order records in Redis (its meta, stock and prizes stay).
+    pub campaign_retention_secs: u64,
 }

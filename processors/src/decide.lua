@@ -21,6 +21,9 @@
 --              table_json = the same table as the JSON text to store}
 --   add_stock {r, q, prize}   close {r}   publish {r}   reset {r}
 --   pay {r, o, u}   cancel {r, o, u}   expire (what is due) {r}
+-- ARGV[2]: retention, seconds: how long a retired campaign (closed, or its
+--   window over) keeps its per-request records (KEYS 3-7 and 9) before
+--   Redis drops them by themselves; meta, stock and prizes stay.
 -- Returns one string per operation: records joined by "\n", fields by "|"
 -- (the codecs in schemas/src/state/records.rs read them):
 --   d|status|reason|order|q|decided|expires|price|prize|confirmed
@@ -30,7 +33,10 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ops = cjson.decode(ARGV[1])
+local retention_ms = (tonumber(ARGV[2]) or 604800) * 1000
 local out = {}
+-- The per-request and per-order records: what retirement drops.
+local RECORD_KEYS = { KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9] }
 
 local function int(n)
   return string.format('%d', n)
@@ -328,6 +334,11 @@ local function create(op)
   for _, pr in ipairs(op.table or {}) do
     redis.call('HSET', KEYS[8], pr.id, pr.stock, pr.id .. ':total', pr.stock)
   end
+  -- Answers recorded while the campaign was unknown carry a retention
+  -- TTL (see retire): a live campaign's records never expire.
+  for _, key in ipairs(RECORD_KEYS) do
+    redis.call('PERSIST', key)
+  end
   meta = nil
   available = nil
   pstock = nil
@@ -486,7 +497,7 @@ local handlers = {
 do
   local rids, users, seen_r, seen_u = {}, {}, {}, {}
   for _, op in ipairs(ops) do
-    if op.t ~= 'expire' and op.t ~= 'reset' and not seen_r[op.r] then
+    if op.t ~= 'reset' and not seen_r[op.r] then
       seen_r[op.r] = true
       rids[#rids + 1] = op.r
     end
@@ -508,21 +519,22 @@ local function recorded(r)
 end
 
 for i, op in ipairs(ops) do
-  if op.t == 'expire' then
-    -- Not recorded: an expiry sweep is not a client request, and running it
-    -- again only expires what is due then.
-    out[i] = expire_due()
-  elseif op.t == 'reset' then
-    -- Not recorded either: a reset forgets every recorded request.
+  if op.t == 'reset' then
+    -- Not recorded: a reset forgets every recorded request.
     out[i] = reset()
   else
     local known = recorded(op.r)
     if known then
+      -- An expiry sweep is recorded too (its transitions, or '' when
+      -- nothing was due): a retry after a lost reply must emit the orders
+      -- it expired, which are no longer due.
       out[i] = known
     else
       local handler = handlers[op.t]
       local r
-      if handler then
+      if op.t == 'expire' then
+        r = expire_due()
+      elseif handler then
         r = handler(op)
       else
         r = refused('unknown_operation')
@@ -562,5 +574,42 @@ for id in pairs(pdirty) do
 end
 for status, n in pairs(stats) do
   redis.call('HINCRBY', KEYS[9], status, n)
+end
+
+-- Retirement. Once a campaign is closed or its window is over, no new
+-- reservation can be made, so its per-request records only serve late
+-- redeliveries and pending reservations: they get a TTL of `retention`
+-- after the retirement or after the last pending payment deadline,
+-- whichever is later. A live campaign's records carry no TTL (so even a
+-- volatile-* eviction policy leaves them alone). Checked after every
+-- write of the call, so a key created (or created again after it expired)
+-- by a late request gets its TTL in the same atomic call; a key that has
+-- one keeps it.
+do
+  local m = get_meta()
+  local at
+  if not m then
+    -- Requests for a campaign that does not exist (yet): their answers
+    -- last one retention; a create clears the TTL.
+    at = now + retention_ms
+  elseif m.closed or now >= m.stop then
+    -- Closed at some time <= now (the flag has no time): count from now.
+    local base = m.closed and now or m.stop
+    local last = redis.call('ZRANGE', KEYS[6], -1, -1, 'WITHSCORES')
+    if last[2] then
+      base = math.max(base, tonumber(last[2]))
+    end
+    at = base + retention_ms
+    if at <= now then
+      at = now + retention_ms
+    end
+  end
+  if at then
+    for _, key in ipairs(RECORD_KEYS) do
+      if redis.call('PTTL', key) == -1 then
+        redis.call('PEXPIREAT', key, int(at))
+      end
+    end
+  end
 end
 return out

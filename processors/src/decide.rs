@@ -4,7 +4,7 @@
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use seckill_schemas::state::{op, Answer, RecordError};
+use seckill_schemas::state::{op, retention, Answer, RecordError};
 use seckill_schemas::{
     draw_point, order_id_for, CampaignAction, CampaignKind, CampaignSpec, DrawStrategy, KeyLayout,
     OrderAction, RequestEvent,
@@ -203,13 +203,23 @@ pub enum DecideError {
 pub struct Decider {
     script: redis::Script,
     keys: KeyLayout,
+    retention_secs: u64,
 }
 
 impl Decider {
+    /// A decider with the default retention ([`retention::DEFAULT_SECS`]).
     pub fn new(key_prefix: &str) -> Self {
+        Self::with_retention(key_prefix, retention::DEFAULT_SECS)
+    }
+
+    /// A decider whose retired campaigns (closed, or past their window's
+    /// end) keep their per-request records `retention_secs` seconds after
+    /// retiring (or after their last pending payment deadline, if later).
+    pub fn with_retention(key_prefix: &str, retention_secs: u64) -> Self {
         Self {
             script: redis::Script::new(SCRIPT),
             keys: KeyLayout::new(key_prefix),
+            retention_secs,
         }
     }
 
@@ -241,7 +251,11 @@ impl Decider {
         for key in k.script_keys() {
             call.key(key);
         }
-        let raw: Vec<String> = call.arg(arg).invoke_async(con).await?;
+        let raw: Vec<String> = call
+            .arg(arg)
+            .arg(self.retention_secs)
+            .invoke_async(con)
+            .await?;
         if raw.len() != events.len() {
             return Err(DecideError::BadAnswer(format!(
                 "{} answers for {} operations",

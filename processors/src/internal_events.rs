@@ -46,6 +46,15 @@ static BATCH_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
+static FORWARDED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seckill_requests_forwarded_total",
+        "Request-topic messages found on another partition than their key maps to \
+         under murmur2 and forwarded to it (an upstream producer partitions differently)"
+    )
+    .expect("metric registered once")
+});
+
 static DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "seckill_requests_dead_lettered_total",
@@ -82,6 +91,15 @@ pub(crate) fn events_emitted(n: usize) {
 pub(crate) fn step_failed(step: &'static str, error: &dyn std::fmt::Display) {
     BATCH_RETRIES.with_label_values(&[step]).inc();
     tracing::warn!(step, error = %error, "batch step failed; retrying the batch (decisions are idempotent)");
+}
+
+pub(crate) fn forwarded(from: i32, to: i32) {
+    FORWARDED.inc();
+    tracing::debug!(
+        from,
+        to,
+        "request forwarded to the partition its key maps to"
+    );
 }
 
 pub(crate) fn dead_lettered(error_class: &str, reason: &str, partition: i32, offset: i64) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use seckill_kafka::{commit_on_stop, next_batch, store_done};
+use seckill_kafka::{close_on_stop, commit_on_stop, next_batch, store_done};
 
 use crate::batch::{Batch, InFlight};
 use crate::worker::Worker;
@@ -37,6 +37,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     // a broker hiccup delays a batch instead of failing it.
     let producer = config.kafka.producer(0).map_err(kafka_err)?;
     let redis = connect_redis(&config.redis_url).await?;
+    crate::check_eviction_policy(&mut redis.clone()).await;
     let worker = Arc::new(Worker::new(config.clone(), redis, producer, cancel.clone()));
     tracing::info!(topic = %config.topics.requests, group = %config.group_id, "processor started");
 
@@ -88,7 +89,8 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     .await
     {
         internal_events::batch_received(messages.len());
-        let Some(decided) = worker.decide(Batch::new(messages)).await else {
+        let partitions = worker.partition_count().await;
+        let Some(decided) = worker.decide(Batch::new(messages, partitions)).await else {
             break;
         };
         if to_emit.send(decided).await.is_err() {
@@ -96,14 +98,80 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         }
     }
     drop(to_emit);
-    if let Err(e) = emitter.await {
-        tracing::error!(error = %e, "emitting task failed");
-    }
+    // Every wait from here on is bounded: with the broker or Redis down a
+    // stage may never finish, and the role must still stop within the
+    // process's grace period. What is given up is redelivered.
+    let deadline = tokio::time::Instant::now() + STAGES_STOP;
+    join_stage("emitting", emitter, deadline).await;
     sweeper.abort();
-    if let Err(e) = settler.await {
-        tracing::error!(error = %e, "settling task failed");
-    }
-    commit_on_stop(&consumer);
+    join_stage("settling", settler, deadline).await;
+    join_stage(
+        "sweeping",
+        sweeper,
+        tokio::time::Instant::now() + ABORTED_STOP,
+    )
+    .await;
+    let producer = worker.producer().clone();
+    tokio::join!(commit_on_stop(&consumer), flush_on_stop(producer));
+    // librdkafka's destroy (leaving the group, the producer's purge) can
+    // block while the broker is unreachable: off the runtime, bounded.
+    tokio::join!(
+        close_on_stop("requests consumer", consumer),
+        close_on_stop("producer and Redis connection", worker),
+    );
     tracing::info!("processor stopped");
     Ok(())
+}
+
+/// How long the emitting and settling stages get to stop once the batch
+/// loop has ended (the settler's batch in hand has a drain of its own,
+/// shorter than this).
+const STAGES_STOP: Duration = Duration::from_secs(3);
+/// How long an aborted task gets to drop its state.
+const ABORTED_STOP: Duration = Duration::from_millis(500);
+/// How long the producer gets to deliver what it still holds at stop.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(1);
+
+/// Waits for a stage's task until `deadline`; past it the task is aborted
+/// with the batches it holds (their offsets stay unstored: redelivered).
+async fn join_stage(
+    name: &str,
+    mut task: tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+) {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_cancelled() => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "{name} task failed"),
+        Err(_) => {
+            task.abort();
+            tracing::warn!(
+                "{name} task did not stop in time; abandoned with the batches it held: their \
+                 offsets stay unstored and they are redelivered"
+            );
+            let _ = tokio::time::timeout(ABORTED_STOP, task).await;
+        }
+    }
+}
+
+/// Gives the producer a moment to deliver what it still holds (events of
+/// abandoned batches, expiry commands); what is left is logged.
+async fn flush_on_stop(producer: rdkafka::producer::FutureProducer) {
+    use rdkafka::producer::Producer;
+    let flushed = tokio::task::spawn_blocking(move || {
+        producer
+            .flush(FLUSH_ON_STOP)
+            .map_err(|e| (e, producer.in_flight_count()))
+    })
+    .await;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err((e, left))) => tracing::warn!(
+            error = %e,
+            undelivered = left,
+            "producer not flushed at stop (broker unreachable?); the batches of these events \
+             were not settled and are redelivered"
+        ),
+        Err(e) => tracing::warn!(error = %e, "producer flush at stop failed"),
+    }
 }

@@ -23,6 +23,8 @@ use crate::{internal_events, ProcessorConfig};
 pub(crate) struct Worker {
     decider: Decider,
     defs: Mutex<HashMap<String, Arc<CampaignSpec>>>,
+    /// The requests topic's partition count and when it was read.
+    partitions: Mutex<(i32, Option<Instant>)>,
     keys: KeyLayout,
     redis: ConnectionManager,
     producer: FutureProducer,
@@ -38,8 +40,9 @@ impl Worker {
         cancel: CancellationToken,
     ) -> Self {
         Self {
-            decider: Decider::new(&config.key_prefix),
+            decider: Decider::with_retention(&config.key_prefix, config.campaign_retention_secs),
             defs: Mutex::new(HashMap::new()),
+            partitions: Mutex::new((0, None)),
             keys: KeyLayout::new(config.key_prefix.clone()),
             redis,
             producer,
@@ -121,6 +124,7 @@ impl Worker {
             messages,
             campaigns,
             undecidable,
+            misplaced,
         } = batch;
         let mut payloads: Vec<(String, Vec<u8>)> = Vec::with_capacity(messages.len());
         let mut lookups = Vec::new();
@@ -138,6 +142,13 @@ impl Worker {
                     ));
                 }
                 lookups.extend(t.lookups.into_iter().map(|l| (part.campaign_id.clone(), l)));
+            }
+        }
+        // Misplaced messages go to their own partition before anything of
+        // this batch is settled: their offsets are stored with the batch's.
+        for m in &misplaced {
+            if !self.forward_misplaced(&messages[m.at], m.to).await {
+                return None;
             }
         }
         for bad in &undecidable {
@@ -174,48 +185,85 @@ impl Worker {
 
     /// Waits until the broker has acknowledged every event of the batch,
     /// sending the refused ones again. Returns false only when stopped
-    /// first.
+    /// first: once `cancel` fires the batch has a short drain to be
+    /// acknowledged (the usual case with the broker up), then it is
+    /// abandoned. The delivery futures never resolve while the broker is
+    /// down (message.timeout.ms = 0), so the wait is raced against the stop.
     pub(crate) async fn settle(&self, batch: &mut InFlight) -> bool {
+        /// How long a batch in hand may still take once stopped.
+        const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
         // Receipts still to wait for, and the events to send again before
         // the next wait; locked only between awaits.
         let pending = Mutex::new((std::mem::take(&mut batch.deliveries), Vec::new()));
         let payloads = &batch.payloads;
-        let settled = retry_until(
-            &self.cancel,
-            Backoff::STEP,
-            || async {
-                let (mut deliveries, again) = std::mem::take(&mut *lock(&pending));
-                if !again.is_empty() {
-                    deliveries = self.send_all(payloads, again).await;
-                }
-                let results = join_all(
-                    deliveries
-                        .into_iter()
-                        .map(|(i, f)| async move { (i, f.await) }),
-                )
-                .await;
-                let failed: Vec<usize> = results
+        let attempt = || async {
+            let (mut deliveries, again) = std::mem::take(&mut *lock(&pending));
+            if !again.is_empty() {
+                deliveries = self.send_all(payloads, again).await;
+            }
+            let results = join_all(
+                deliveries
                     .into_iter()
-                    .filter_map(|(i, r)| match r {
-                        Ok(Ok(_)) => None,
-                        Ok(Err((e, _))) => {
-                            internal_events::step_failed("produce", &e);
-                            Some(i)
-                        }
-                        Err(_) => Some(i),
-                    })
-                    .collect();
-                if failed.is_empty() {
-                    return Ok(());
-                }
-                let n = failed.len();
-                lock(&pending).1 = failed;
-                Err(n)
-            },
-            |_| {},
-        )
-        .await;
+                    .map(|(i, f)| async move { (i, f.await) }),
+            )
+            .await;
+            let failed: Vec<usize> = results
+                .into_iter()
+                .filter_map(|(i, r)| match r {
+                    Ok(Ok(_)) => None,
+                    Ok(Err((e, _))) => {
+                        internal_events::step_failed("produce", &e);
+                        Some(i)
+                    }
+                    Err(_) => Some(i),
+                })
+                .collect();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            let n = failed.len();
+            lock(&pending).1 = failed;
+            Err(n)
+        };
+        let settling = async {
+            // The first wait runs even when already stopped: a batch that
+            // was queued for settling is usually acknowledged by now.
+            if attempt().await.is_ok() {
+                return Some(());
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = tokio::time::sleep(Backoff::STEP.first) => {}
+            }
+            retry_until(&self.cancel, Backoff::STEP, &attempt, |_| {}).await
+        };
+        let stopped = async {
+            self.cancel.cancelled().await;
+            tokio::time::sleep(DRAIN_ON_STOP).await;
+        };
+        let settled = tokio::select! {
+            s = settling => s,
+            _ = stopped => None,
+        };
         if settled.is_none() {
+            let mut ranges: std::collections::BTreeMap<(&str, i32), (i64, i64)> =
+                std::collections::BTreeMap::new();
+            for m in &batch.messages {
+                let r = ranges
+                    .entry((m.topic(), m.partition()))
+                    .or_insert((m.offset(), m.offset()));
+                *r = (r.0.min(m.offset()), r.1.max(m.offset()));
+            }
+            let ranges: Vec<String> = ranges
+                .iter()
+                .map(|((t, p), (lo, hi))| format!("{t}[{p}]@{lo}..={hi}"))
+                .collect();
+            tracing::warn!(
+                batch = %ranges.join(","),
+                events = batch.payloads.len(),
+                "stopped before the broker acknowledged the batch's events; batch abandoned: its \
+                 offsets stay unstored and it is redelivered (decisions are idempotent)"
+            );
             return false;
         }
         internal_events::events_emitted(batch.payloads.len());
@@ -302,6 +350,89 @@ impl Worker {
             }
         }
         (!lookups.is_empty()).then_some(pipe)
+    }
+
+    /// The requests topic's partition count, looked up at most every 30 s
+    /// (0 while it cannot be told).
+    pub(crate) async fn partition_count(&self) -> i32 {
+        {
+            let cached = lock(&self.partitions);
+            if cached
+                .1
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(30))
+            {
+                return cached.0;
+            }
+        }
+        let producer = self.producer.clone();
+        let topic = self.config.topics.requests.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map(|t| t.partitions().len() as i32)
+                })
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut cached = lock(&self.partitions);
+        match fetched {
+            Some(n) if n > 0 => *cached = (n, Some(Instant::now())),
+            // Keep the last count; ask again on the next batch.
+            _ => tracing::debug!("requests topic partition count unknown; placement unchecked"),
+        }
+        cached.0
+    }
+
+    /// Sends a misplaced message to partition `to` of the requests topic,
+    /// with its key, payload and headers, and a header saying where it
+    /// came from. Returns false only when stopped first.
+    async fn forward_misplaced(&self, message: &OwnedMessage, to: i32) -> bool {
+        use rdkafka::message::{Header, Headers, OwnedHeaders};
+        let from = format!("{}:{}", message.partition(), message.offset());
+        let mut headers = OwnedHeaders::new();
+        if let Some(hs) = message.headers() {
+            for h in hs.iter() {
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        let headers = headers.insert(Header {
+            key: seckill_kafka::headers::FORWARDED_FROM,
+            value: Some(from.as_str()),
+        });
+        let sent = retry_until(
+            &self.cancel,
+            Backoff::STEP,
+            || {
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(&self.config.topics.requests)
+                        .partition(to)
+                        .headers(headers.clone());
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                self.producer.send(record, Duration::from_secs(30))
+            },
+            |(e, _)| internal_events::step_failed("forward", e),
+        )
+        .await;
+        if sent.is_some() {
+            internal_events::forwarded(message.partition(), to);
+        }
+        sent.is_some()
     }
 
     /// Sends `message` to the requests DLQ. Returns false only when stopped

@@ -35,9 +35,11 @@ pub(crate) mod checker;
 pub(crate) mod http;
 pub(crate) mod invariants;
 pub(crate) mod kafka;
+pub(crate) mod python;
 pub(crate) mod roles;
 pub(crate) mod sale;
 pub(crate) mod seckill;
+pub(crate) mod secure;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -582,6 +584,8 @@ impl Stack {
         KafkaSettings {
             brokers: self.brokers(),
             session_timeout_ms: SESSION_TIMEOUT_MS,
+            properties: Vec::new(),
+            instance_id: None,
         }
     }
 

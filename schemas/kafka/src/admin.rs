@@ -1,4 +1,5 @@
-//! Topic administration.
+//! Topic administration: the deployment's topics with the partition count,
+//! replication and retention each needs.
 
 use std::time::Duration;
 
@@ -8,35 +9,118 @@ use seckill_schemas::Topics;
 
 use crate::KafkaSettings;
 
-/// Creates the deployment's topics with explicit partition counts; topics
-/// that exist already are left as they are.
+/// How the deployment's topics are created. The defaults suit one local
+/// broker; production values are in the README (replication 3,
+/// `min.insync.replicas` 2, so `acks=all` survives a broker loss).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Partitions of the requests, orders, fulfilment and retry topics (the
+    /// DLQs and quarantines have one).
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// `min.insync.replicas`; `None` leaves the broker's default.
+    pub min_insync_replicas: Option<i32>,
+    /// `retention.ms` of the requests topic (and the retry tiers): long
+    /// enough to outlive any processor outage.
+    pub requests_retention_ms: i64,
+    /// `retention.ms` of the orders log, which `seckill reconcile` reads to
+    /// rebuild a campaign: -1 keeps it forever.
+    pub orders_retention_ms: i64,
+    /// `retention.ms` of the DLQs and quarantines, which ops reprocess.
+    pub dlq_retention_ms: i64,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            partitions: 4,
+            replication_factor: 1,
+            min_insync_replicas: None,
+            requests_retention_ms: 7 * 24 * 3600 * 1000,
+            orders_retention_ms: -1,
+            dlq_retention_ms: 30 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// One topic as [`ensure_topics`] left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReport {
+    pub name: String,
+    /// Whether this call created it (else it existed and was left alone).
+    pub created: bool,
+    /// Its partition count as the broker reports it.
+    pub partitions: i32,
+    /// The settings it was created with (or would have been).
+    pub replication_factor: i32,
+    pub config: Vec<(&'static str, String)>,
+}
+
+/// What a topic is for, and so which settings it gets.
+#[derive(Clone, Copy)]
+enum Kind {
+    Stream,
+    Log,
+    DeadLetters,
+}
+
+/// Creates the deployment's topics; topics that exist already are left as
+/// they are (their partition count is reported as found).
 pub async fn ensure_topics(
     settings: &KafkaSettings,
     topics: &Topics,
-    partitions: i32,
+    wanted: &TopicSettings,
     retry_tiers: usize,
-) -> Result<(), KafkaError> {
+) -> Result<Vec<TopicReport>, KafkaError> {
     let admin = settings.admin()?;
-    let wanted = [
-        (&topics.requests, partitions),
-        (&topics.orders, partitions),
-        (&topics.requests_dlq, 1),
-        (&topics.orders_dlq, 1),
-        (&topics.fulfilment, partitions),
-        (&topics.requests_quarantine, 1),
-        (&topics.orders_quarantine, 1),
+    let p = wanted.partitions;
+    let mut plan: Vec<(String, i32, Kind)> = vec![
+        (topics.requests.clone(), p, Kind::Stream),
+        (topics.orders.clone(), p, Kind::Log),
+        (topics.fulfilment.clone(), p, Kind::Log),
+        (topics.requests_dlq.clone(), 1, Kind::DeadLetters),
+        (topics.orders_dlq.clone(), 1, Kind::DeadLetters),
+        (topics.requests_quarantine.clone(), 1, Kind::DeadLetters),
+        (topics.orders_quarantine.clone(), 1, Kind::DeadLetters),
     ];
-    let retries: Vec<String> = (1..=retry_tiers).map(|n| topics.orders_retry(n)).collect();
-    let new: Vec<NewTopic<'_>> = wanted
+    plan.extend((1..=retry_tiers).map(|n| (topics.orders_retry(n), p, Kind::Stream)));
+    let configs: Vec<Vec<(&'static str, String)>> = plan
         .iter()
-        .map(|(name, p)| (name.as_str(), *p))
-        .chain(retries.iter().map(|name| (name.as_str(), partitions)))
-        .map(|(name, p)| NewTopic::new(name, p, TopicReplication::Fixed(1)))
+        .map(|(_, _, kind)| {
+            let retention = match kind {
+                Kind::Stream => wanted.requests_retention_ms,
+                Kind::Log => wanted.orders_retention_ms,
+                Kind::DeadLetters => wanted.dlq_retention_ms,
+            };
+            let mut c = vec![("retention.ms", retention.to_string())];
+            if let Some(n) = wanted.min_insync_replicas {
+                c.push(("min.insync.replicas", n.to_string()));
+            }
+            c
+        })
+        .collect();
+    let new: Vec<NewTopic<'_>> = plan
+        .iter()
+        .zip(&configs)
+        .map(|((name, partitions, _), config)| {
+            config.iter().fold(
+                NewTopic::new(
+                    name,
+                    *partitions,
+                    TopicReplication::Fixed(wanted.replication_factor),
+                ),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut created = std::collections::HashSet::new();
     for result in admin.create_topics(&new, &options).await? {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(name) => {
+                created.insert(name);
+            }
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(KafkaError::AdminOp(code)).inspect_err(
                     |_| tracing::error!(topic = %name, error = %code, "could not create topic"),
@@ -44,5 +128,43 @@ pub async fn ensure_topics(
             }
         }
     }
-    Ok(())
+    let names: Vec<String> = plan.iter().map(|(n, _, _)| n.clone()).collect();
+    let found = {
+        let admin_client = settings.admin()?;
+        tokio::task::spawn_blocking(move || {
+            let mut counts = std::collections::HashMap::new();
+            for name in names {
+                let n = admin_client
+                    .inner()
+                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|md| {
+                        md.topics()
+                            .iter()
+                            .find(|t| t.name() == name)
+                            .map(|t| t.partitions().len() as i32)
+                    })
+                    .unwrap_or(0);
+                counts.insert(name, n);
+            }
+            counts
+        })
+        .await
+        .unwrap_or_default()
+    };
+    Ok(plan
+        .into_iter()
+        .zip(configs)
+        .map(|((name, partitions, _), config)| TopicReport {
+            created: created.contains(&name),
+            partitions: found
+                .get(&name)
+                .copied()
+                .filter(|n| *n > 0)
+                .unwrap_or(partitions),
+            replication_factor: wanted.replication_factor,
+            config,
+            name,
+        })
+        .collect())
 }

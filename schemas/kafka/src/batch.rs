@@ -2,6 +2,7 @@
 //! work for them is done (at-least-once).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
@@ -94,14 +95,68 @@ pub fn store_done(consumer: &KafkaConsumer, messages: &[OwnedMessage]) {
     }
 }
 
-/// Commits the stored offsets once more as a role stops. Nothing stored
-/// since the last commit is not a failure; any other failure only means
-/// the last batch is redelivered to the partition's next owner.
-pub fn commit_on_stop(consumer: &KafkaConsumer) {
-    match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "final offset commit failed; the last batch will be redelivered")
+/// How long [`commit_on_stop`] waits for the broker.
+pub(crate) const COMMIT_ON_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Commits the stored offsets once more as a role stops, waiting at most
+/// [`COMMIT_ON_STOP_TIMEOUT`]. Nothing stored since the last commit is not
+/// a failure; any other failure (or a broker that does not answer in time)
+/// only means that the messages after the last committed offsets of the
+/// partitions logged are redelivered to their next owner, which the
+/// idempotent work absorbs. Returns whether the commit went through.
+///
+/// The synchronous commit runs on a thread of its own: with the broker
+/// unreachable librdkafka can block it for its socket timeout, and a
+/// thread of the runtime's blocking pool would hold up the runtime's
+/// shutdown until then. A commit that outlives the wait is left to finish
+/// (or to die with the process).
+pub async fn commit_on_stop(consumer: &Arc<KafkaConsumer>) -> bool {
+    let partitions = || {
+        consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let c = Arc::clone(consumer);
+    let spawned = std::thread::Builder::new()
+        .name("final-commit".to_owned())
+        .spawn(move || {
+            let _ = tx.send(c.commit_consumer_state(rdkafka::consumer::CommitMode::Sync));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, partitions = %partitions(), "no thread for the final offset commit; the messages after the last commit are redelivered");
+        return false;
+    }
+    match tokio::time::timeout(COMMIT_ON_STOP_TIMEOUT, rx).await {
+        Ok(Ok(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => true,
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(
+                error = %e,
+                partitions = %partitions(),
+                "final offset commit failed; the messages of these partitions after their last \
+                 committed offset will be redelivered"
+            );
+            false
+        }
+        Ok(Err(_)) => {
+            tracing::warn!(partitions = %partitions(), "final offset commit ended without an answer; the messages after the last commit are redelivered");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                partitions = %partitions(),
+                timeout_ms = COMMIT_ON_STOP_TIMEOUT.as_millis() as u64,
+                "final offset commit not answered in time (broker unreachable?); abandoned: the \
+                 messages of these partitions after their last committed offset will be redelivered"
+            );
+            false
         }
     }
 }

@@ -23,6 +23,9 @@ pub mod headers {
     pub const RETRY_AT: &str = "seckill-retry-at";
     /// How often ops replayed the message out of a DLQ.
     pub const REPLAY_COUNT: &str = "seckill-replay-count";
+    /// On a request a processor forwarded to the partition its key maps to:
+    /// `<partition>:<offset>` it was first produced at.
+    pub const FORWARDED_FROM: &str = "seckill-forwarded-from";
     /// W3C trace context; carried along unchanged.
     pub const TRACEPARENT: &str = "traceparent";
 }

@@ -9,16 +9,18 @@
 mod admin;
 mod batch;
 mod dead_letter;
+mod partition;
 pub mod retry;
 mod role;
 mod settings;
 mod watchdog;
 
-pub use admin::ensure_topics;
+pub use admin::{ensure_topics, TopicReport, TopicSettings};
 pub use batch::{commit_on_stop, next_batch, next_offsets, recv_batch, store_done};
 pub use dead_letter::{
     dead_letter, failure_headers, forward, header_i64, header_str, headers, ErrorClass,
 };
+pub use partition::{murmur2, partition_for};
 pub use retry::{retry_until, Backoff};
-pub use role::{broker_reachable, metrics_text, shutdown_signal};
-pub use settings::{KafkaConsumer, KafkaSettings, RoleContext};
+pub use role::{broker_reachable, close_on_stop, metrics_text, shutdown_signal, CLOSE_ON_STOP};
+pub use settings::{parse_property, BadProperty, KafkaConsumer, KafkaSettings, RoleContext};

@@ -52,3 +52,32 @@ pub fn metrics_text() -> String {
     }
     buf
 }
+
+/// How long a role waits for a Kafka client to close as it stops.
+pub const CLOSE_ON_STOP: Duration = Duration::from_secs(2);
+
+/// Drops `value` on a thread of its own and waits at most
+/// [`CLOSE_ON_STOP`] for it. A consumer's drop leaves the group and a
+/// producer's purges its queue; both can block while the broker is
+/// unreachable. One that does not finish in time is left to the process
+/// exit.
+pub async fn close_on_stop<T: Send + 'static>(what: &'static str, value: T) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("close-on-stop".to_owned())
+        .spawn(move || {
+            drop(value);
+            let _ = tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, what, "no thread to close on; closing in place");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_ON_STOP, rx).await.is_err() {
+        tracing::warn!(
+            what,
+            timeout_ms = CLOSE_ON_STOP.as_millis() as u64,
+            "did not close in time (broker unreachable?); left to the process exit"
+        );
+    }
+}

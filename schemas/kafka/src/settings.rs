@@ -65,13 +65,48 @@ impl ConsumerContext for RoleContext {
 }
 
 /// How to reach the broker; shared by every client a role creates.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct KafkaSettings {
     /// `host:port[,host:port]`.
     pub brokers: String,
     /// Consumer group session timeout. A group (re)joins after roughly half
     /// of it, so tests keep it short.
     pub session_timeout_ms: u32,
+    /// librdkafka properties set on every client after seckill's own, so
+    /// they can override any of them (`security.protocol`,
+    /// `sasl.mechanisms`, `ssl.ca.location`, ...).
+    pub properties: Vec<(String, String)>,
+    /// Static group membership (`group.instance.id`), e.g. the pod name: a
+    /// member that restarts within the session timeout gets its partitions
+    /// back without a rebalance of the whole group.
+    pub instance_id: Option<String>,
+}
+
+/// Why a `key=value` librdkafka property could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Kafka property {0:?} must be KEY=VALUE, e.g. security.protocol=SASL_SSL")]
+pub struct BadProperty(pub String);
+
+/// The user's properties, set last so they win over seckill's defaults.
+trait Own {
+    fn own(&mut self, properties: &[(String, String)]) -> &mut Self;
+}
+
+impl Own for ClientConfig {
+    fn own(&mut self, properties: &[(String, String)]) -> &mut Self {
+        for (k, v) in properties {
+            self.set(k, v);
+        }
+        self
+    }
+}
+
+/// Reads one `key=value` librdkafka property.
+pub fn parse_property(s: &str) -> Result<(String, String), BadProperty> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(BadProperty(s.to_owned())),
+    }
 }
 
 impl KafkaSettings {
@@ -87,14 +122,21 @@ impl KafkaSettings {
     /// An idempotent producer (`acks=all`, ordered per partition, no
     /// duplicates from its own retries). `message_timeout_ms` bounds how long
     /// a send may take before it is reported as failed; 0 means retry forever.
+    ///
+    /// Keys are partitioned with murmur2, as the Java, Go and kafka-python
+    /// clients do by default, so a campaign's key lands on the same
+    /// partition whoever produces it.
     pub fn producer(&self, message_timeout_ms: u32) -> Result<FutureProducer, KafkaError> {
-        self.base()
+        let mut config = self.base();
+        config
+            .set("partitioner", "murmur2_random")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")
             .set("message.timeout.ms", message_timeout_ms.to_string())
+            .own(&self.properties)
             .create()
     }
 
@@ -109,8 +151,12 @@ impl KafkaSettings {
         // here poll every few milliseconds, so a short interval costs
         // nothing.
         let max_poll = (self.session_timeout_ms * 3).max(20_000);
-        self.base()
+        let mut config = self.base();
+        config
             .set("group.id", group_id)
+            // Incremental rebalances: a member joining or leaving moves only
+            // the partitions that change owner; the others keep deciding.
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("max.poll.interval.ms", max_poll.to_string())
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "200")
@@ -120,7 +166,12 @@ impl KafkaSettings {
             .set("heartbeat.interval.ms", heartbeat.to_string())
             .set("fetch.wait.max.ms", "5")
             .set("fetch.min.bytes", "1")
-            .set("enable.partition.eof", "false")
+            .set("enable.partition.eof", "false");
+        if let Some(id) = &self.instance_id {
+            config.set("group.instance.id", id);
+        }
+        config
+            .own(&self.properties)
             .create_with_context(RoleContext)
     }
 
@@ -148,7 +199,7 @@ impl KafkaSettings {
 
     /// An admin client (topic creation, record deletion).
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-        self.base().create()
+        self.base().own(&self.properties).create()
     }
 
     /// A consumer for tools that read partitions to their end: assigned by
@@ -161,6 +212,7 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "5")
+            .own(&self.properties)
             .create_with_context(RoleContext)
     }
 
@@ -173,6 +225,7 @@ impl KafkaSettings {
             .set("enable.auto.offset.store", "false")
             .set("fetch.wait.max.ms", "5")
             .set("enable.partition.eof", "false")
+            .own(&self.properties)
             .create_with_context(RoleContext)
     }
 }

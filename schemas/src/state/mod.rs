@@ -68,6 +68,15 @@ pub mod prizes {
     }
 }
 
+/// How long a retired campaign keeps its records.
+pub mod retention {
+    /// Seconds a campaign's per-request and per-order records (the
+    /// `users`, `requests`, `orders`, `deadlines`, `attempts` and `stats`
+    /// keys) outlive the campaign's close or the end of its window (7
+    /// days); `meta`, `stock` and `prizes` stay.
+    pub const DEFAULT_SECS: u64 = 604_800;
+}
+
 /// The operation names the decision script takes (field `t` of each
 /// operation in its argument).
 pub mod op {

@@ -155,7 +155,9 @@ impl Sink {
         } else {
             None
         };
-        let sent = retry_until(
+        // A produce to an unreachable broker never resolves: once stopped,
+        // the attempt in flight gets a short drain, then it is given up.
+        let sending = retry_until(
             &self.cancel,
             Backoff::STEP,
             || async {
@@ -177,8 +179,8 @@ impl Sink {
                 }
             },
             |e| tracing::warn!(error = %e, "passing a failed order event on failed; retrying"),
-        )
-        .await;
+        );
+        let sent = super::until_stopped(&self.cancel, sending).await;
         if sent.is_none() {
             return false;
         }
@@ -209,7 +211,8 @@ impl Sink {
             })
             .collect();
         for (order_id, payload) in &wanted {
-            let sent = retry_until(
+            // Bounded once stopped, like the sends of `fail`.
+            let sending = retry_until(
                 &self.cancel,
                 Backoff::STEP,
                 || {
@@ -219,8 +222,8 @@ impl Sink {
                     self.producer.send(record, Duration::from_secs(5))
                 },
                 |(e, _)| tracing::warn!(error = %e, "publishing a fulfilment event failed; retrying"),
-            )
-            .await;
+            );
+            let sent = super::until_stopped(&self.cancel, sending).await;
             if sent.is_none() {
                 return false;
             }

@@ -105,16 +105,84 @@ pub async fn run(
             crate::internal_events::replayed(replays);
         }
         if !sink.handle(&batch).await {
+            tracing::warn!(
+                batch = %describe(&batch),
+                "stopped before the batch was stored; batch abandoned: its offsets stay \
+                 unstored and it is redelivered (writes are idempotent)"
+            );
             break;
         }
         store_done(&consumer, &batch);
     }
-    seckill_kafka::commit_on_stop(&consumer);
-    for t in tiers {
-        let _ = t.await;
-    }
+    // Every wait from here on is bounded: the tiers stop on their own (see
+    // `until_stopped`), in parallel with the main loop's final commit and
+    // close.
+    let deadline = tokio::time::Instant::now() + TIERS_STOP;
+    let join_tiers = async {
+        for (i, mut t) in tiers.into_iter().enumerate() {
+            match tokio::time::timeout_at(deadline, &mut t).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(tier = i + 1, error = %e, "retry tier task failed"),
+                Err(_) => {
+                    t.abort();
+                    tracing::warn!(
+                        tier = i + 1,
+                        "retry tier did not stop in time; abandoned with the message it held \
+                         (redelivered from the tier's last committed offset)"
+                    );
+                }
+            }
+        }
+    };
+    let stop_main = async {
+        seckill_kafka::commit_on_stop(&consumer).await;
+        seckill_kafka::close_on_stop("orders consumer", consumer).await;
+    };
+    tokio::join!(stop_main, join_tiers);
+    seckill_kafka::close_on_stop("producer", sink).await;
     tracing::info!("sink stopped");
     Ok(())
+}
+
+/// How long a batch in hand may still take once stopped, before it is
+/// abandoned.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
+/// How long the retry tiers get to stop (their drain, final commit and
+/// close are bounded on their own; this bounds the sum).
+const TIERS_STOP: Duration = Duration::from_secs(5);
+
+/// Runs `work` to its end, or until [`DRAIN_ON_STOP`] after `cancel`
+/// fired (`None`). A produce to an unreachable broker never resolves
+/// (message.timeout.ms = 0), so every wait on one goes through here.
+pub(super) async fn until_stopped<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Option<T>>,
+) -> Option<T> {
+    tokio::select! {
+        r = work => r,
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(DRAIN_ON_STOP).await;
+        } => None,
+    }
+}
+
+/// `topic[partition]@first..=last` of every partition in `batch`.
+pub(super) fn describe(batch: &[rdkafka::message::OwnedMessage]) -> String {
+    use rdkafka::message::Message;
+    let mut ranges: std::collections::BTreeMap<(&str, i32), (i64, i64)> =
+        std::collections::BTreeMap::new();
+    for m in batch {
+        let r = ranges
+            .entry((m.topic(), m.partition()))
+            .or_insert((m.offset(), m.offset()));
+        *r = (r.0.min(m.offset()), r.1.max(m.offset()));
+    }
+    ranges
+        .iter()
+        .map(|((t, p), (lo, hi))| format!("{t}[{p}]@{lo}..={hi}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Keeps the DLQ backlog gauges current (the alert on a growing DLQ reads
@@ -132,7 +200,14 @@ async fn watch_dlq_backlog(
         ] {
             let p = producer.clone();
             let t = topic.clone();
-            let size = tokio::task::spawn_blocking(move || {
+            if cancel.is_cancelled() {
+                return;
+            }
+            // On a thread of its own rather than the blocking pool: with the
+            // broker down each call waits for its timeout, and a blocking
+            // task would hold up the runtime's shutdown.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let measure = move || {
                 let md = p
                     .client()
                     .fetch_metadata(Some(&t), Duration::from_secs(5))
@@ -146,10 +221,19 @@ async fn watch_dlq_backlog(
                     n += high - low;
                 }
                 Some(n)
-            })
-            .await
-            .ok()
-            .flatten();
+            };
+            let spawned = std::thread::Builder::new()
+                .name("dlq-backlog".to_owned())
+                .spawn(move || {
+                    let _ = tx.send(measure());
+                });
+            if spawned.is_err() {
+                continue;
+            }
+            let size = tokio::select! {
+                _ = cancel.cancelled() => return,
+                size = rx => size.ok().flatten(),
+            };
             if let Some(n) = size {
                 crate::internal_events::dlq_backlog(&topic, n);
             }

@@ -89,9 +89,23 @@ pub(super) async fn run(sink: Arc<Sink>, tier: usize, consumer: Arc<KafkaConsume
             Err((class, reason)) => sink.fail(&message, class, &reason, tier).await,
         };
         if !done {
+            tracing::warn!(
+                tier,
+                message = %super::describe(std::slice::from_ref(&message)),
+                "stopped before the retried event was handled; abandoned: its offset stays \
+                 unstored and it is redelivered"
+            );
             break;
         }
         store_done(&consumer, std::slice::from_ref(&message));
     }
-    seckill_kafka::commit_on_stop(&consumer);
+    if !held.is_empty() {
+        tracing::info!(
+            tier,
+            partitions = held.len(),
+            "stopping with held messages; they are redelivered to the tier's next owner"
+        );
+    }
+    seckill_kafka::commit_on_stop(&consumer).await;
+    seckill_kafka::close_on_stop("retry tier consumer", consumer).await;
 }
