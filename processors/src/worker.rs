@@ -353,7 +353,7 @@ impl Worker {
     }
 
     /// The requests topic's partition count, looked up at most every 30 s
-    /// (0 while it cannot be told).
+    /// (0 until it could be told once).
     pub(crate) async fn partition_count(&self) -> i32 {
         {
             let cached = lock(&self.partitions);
@@ -368,26 +368,20 @@ impl Worker {
         let topic = self.config.topics.requests.clone();
         let fetched = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
-            producer
-                .client()
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|md| {
-                    md.topics()
-                        .iter()
-                        .find(|t| t.name() == topic)
-                        .map(|t| t.partitions().len() as i32)
-                })
+            seckill_kafka::partition_count(producer.client(), &topic, Duration::from_secs(5))
         })
         .await
         .ok()
         .flatten();
         let mut cached = lock(&self.partitions);
-        match fetched {
-            Some(n) if n > 0 => *cached = (n, Some(Instant::now())),
-            // Keep the last count; ask again on the next batch.
-            _ => tracing::debug!("requests topic partition count unknown; placement unchecked"),
+        if let Some(n) = fetched {
+            cached.0 = n;
+        } else {
+            tracing::debug!("requests topic partition count unknown; keeping the last one");
         }
+        // A failed lookup is not repeated before the next period either: it
+        // blocks for its timeout, and batches must not wait on it each time.
+        cached.1 = Some(Instant::now());
         cached.0
     }
 

@@ -56,6 +56,22 @@ pub struct TopicReport {
     pub config: Vec<(&'static str, String)>,
 }
 
+/// The partition count of `topic` as the broker reports it through
+/// `client` (blocking: call it off the async threads). `None` when the
+/// broker does not answer or does not know the topic.
+pub fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Option<i32> {
+    let md = client.fetch_metadata(Some(topic), timeout).ok()?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0)
+}
+
 /// What a topic is for, and so which settings it gets.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -129,29 +145,17 @@ pub async fn ensure_topics(
         }
     }
     let names: Vec<String> = plan.iter().map(|(n, _, _)| n.clone()).collect();
-    let found = {
-        let admin_client = settings.admin()?;
-        tokio::task::spawn_blocking(move || {
-            let mut counts = std::collections::HashMap::new();
-            for name in names {
-                let n = admin_client
-                    .inner()
-                    .fetch_metadata(Some(&name), Duration::from_secs(5))
-                    .ok()
-                    .and_then(|md| {
-                        md.topics()
-                            .iter()
-                            .find(|t| t.name() == name)
-                            .map(|t| t.partitions().len() as i32)
-                    })
-                    .unwrap_or(0);
-                counts.insert(name, n);
-            }
-            counts
-        })
-        .await
-        .unwrap_or_default()
-    };
+    let found = tokio::task::spawn_blocking(move || {
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let n = partition_count(admin.inner(), &name, Duration::from_secs(5))?;
+                Some((name, n))
+            })
+            .collect::<std::collections::HashMap<String, i32>>()
+    })
+    .await
+    .unwrap_or_default();
     Ok(plan
         .into_iter()
         .zip(configs)

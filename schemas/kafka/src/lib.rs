@@ -15,7 +15,7 @@ mod role;
 mod settings;
 mod watchdog;
 
-pub use admin::{ensure_topics, TopicReport, TopicSettings};
+pub use admin::{ensure_topics, partition_count, TopicReport, TopicSettings};
 pub use batch::{commit_on_stop, next_batch, next_offsets, recv_batch, store_done};
 pub use dead_letter::{
     dead_letter, failure_headers, forward, header_i64, header_str, headers, ErrorClass,
