@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{pid_alive, purchases, start_roles, token, Api, CampaignArgs, Seckill, Stack};
@@ -43,12 +42,7 @@ struct Stopped {
 async fn sigterm(s: &mut Seckill, limit: Duration) -> Stopped {
     let pid = s.pid().expect("process running");
     let started = Instant::now();
-    let sent = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -TERM {pid} failed");
+    common::sigterm(pid).unwrap_or_else(|e| panic!("{e}"));
     // A process that exited stays a zombie until reaped: not alive.
     while pid_alive(pid) && started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -269,6 +269,21 @@ pub(crate) fn log_tail(path: &Path, max: u64) -> String {
     }
 }
 
+/// Sends SIGTERM to `pid`. Through bash's builtin `kill`: procps (which
+/// ships /bin/kill) is not on a minimal Debian, and nothing else here
+/// sends a signal without `unsafe`.
+pub(crate) fn sigterm(pid: u32) -> Result<(), String> {
+    let status = Command::new("bash")
+        .args(["-c", "kill -TERM \"$0\"", &pid.to_string()])
+        .status()
+        .map_err(|e| format!("run bash to signal {pid}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -TERM {pid}: {status}"))
+    }
+}
+
 /// Whether a process id is still alive (and not a zombie).
 pub(crate) fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -212,10 +212,9 @@ impl Seckill {
         let Some(mut child) = self.child.take() else {
             return true;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        if let Err(e) = super::sigterm(child.id()) {
+            eprintln!("{}: {e}", self.name);
+        }
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             match child.try_wait() {

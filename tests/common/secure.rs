@@ -234,10 +234,7 @@ impl SecureBroker {
                 }
             }
             // A clean stop, so sqlite has everything on disk.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(setup.pid().to_string())
-                .status();
+            super::sigterm(setup.pid())?;
             let deadline = Instant::now() + Duration::from_secs(10);
             while setup.exited().is_none() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
