@@ -87,6 +87,7 @@ impl KafkaArgs {
             session_timeout_ms: self.kafka_session_timeout_ms,
             properties: self.kafka_properties.clone(),
             instance_id: self.instance_id.clone(),
+            solo: false,
         }
     }
 
@@ -198,6 +199,11 @@ pub(crate) struct IngestArgs {
     /// Allow `POST /v1/campaigns/{id}/reset`: for test environments only.
     #[arg(long, env = "SECKILL_ENABLE_RESET", default_value_t = false)]
     pub(crate) enable_reset: bool,
+    /// Seconds a processor or sink group may commit nothing while messages
+    /// wait before it counts as stalled: logged, and `/readyz` fails (0:
+    /// not watched).
+    #[arg(long, env = "SECKILL_STALL_SECS", default_value_t = 30)]
+    pub(crate) stall_secs: u64,
 }
 
 /// Consumer group `seckill dlq replay` keeps its position in.

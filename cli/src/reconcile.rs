@@ -13,8 +13,10 @@ use serde_json::json;
 
 use seckill_processors::{meta_fields, restore, CampaignImage};
 use seckill_schemas::state::{self, Answer, StockCounters, StoredOrder};
+use rdkafka::producer::FutureRecord;
 use seckill_schemas::{
-    CampaignOutcome, CampaignSpec, DecisionStatus, KeyLayout, OrderEvent, OrderStatus,
+    CampaignAction, CampaignCommand, CampaignOutcome, CampaignSpec, DecisionStatus, KeyLayout,
+    OrderEvent, OrderStatus, RequestEvent, SCHEMA_VERSION,
 };
 
 use crate::args::{KafkaArgs, RedisArgs, StoreArgs};
@@ -30,9 +32,15 @@ pub(crate) struct ReconcileCmd {
     store: StoreArgs,
     /// The campaign to check.
     campaign: String,
-    /// Rewrite the campaign's Redis state from the store and the log.
+    /// Rewrite the campaign's Redis state from the store and the log. The
+    /// campaign is fenced meanwhile: its processor holds its requests
+    /// (they are decided after the repair, none is lost).
     #[arg(long)]
     repair: bool,
+    /// How long a repair's fence holds the campaign at most; past it the
+    /// processor goes on and the repair writes nothing.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    fence_secs: u64,
     /// Also write the result as Prometheus text to this file (for a
     /// node_exporter textfile collector: a one-shot job has no /metrics).
     #[arg(long, env = "SECKILL_RECONCILE_METRICS_FILE")]
@@ -265,8 +273,132 @@ fn differences(
     }
 }
 
+/// What the record says against what Redis holds, at one moment.
+struct Survey {
+    record: Record,
+    want: CampaignImage,
+    diffs: Vec<String>,
+}
+
 impl ReconcileCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
+        let cid = self.campaign.clone();
+        let mut redis = seckill_processors::connect_redis(&self.redis.redis_url).await?;
+        let keys = KeyLayout::new(self.redis.key_prefix.clone());
+        let first = self.survey(&mut redis, &keys).await?;
+        // Redis runs ahead of the log while a sale is live (decided, not yet
+        // acknowledged), so a difference seen now may only be in flight. A
+        // repair fences the campaign first: its processor holds every later
+        // request and settles everything before the fence, so the second
+        // look is exact and nothing is decided while the image is written.
+        let (survey, repaired) = if self.repair && !first.diffs.is_empty() {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let request_id = self.fence(&mut redis, &keys, &token).await?;
+            let mut fenced = self.survey(&mut redis, &keys).await?;
+            // The fence command is answered: when its batch is retried after
+            // the repair it repeats this answer instead of fencing again.
+            let applied = Answer::Campaign {
+                outcome: CampaignOutcome::Applied,
+                reason: None,
+                decided_at_ms: redis_now_ms(&mut redis).await?,
+            };
+            fenced.want.requests.insert(request_id, applied.encode());
+            restore(&mut redis, &keys, &cid, &fenced.want, &token)
+                .await
+                .with_context(|| format!("writing the rebuilt state of {cid} to Redis"))?;
+            (fenced, true)
+        } else {
+            (first, false)
+        };
+        let Survey {
+            record,
+            want,
+            diffs,
+        } = survey;
+        if let Some(path) = &self.metrics_file {
+            write_metrics(path, &cid, diffs.len(), repaired)?;
+        }
+        println!(
+            "{}",
+            json!({
+                "campaign": cid,
+                "discrepancies": diffs.len(),
+                "details": diffs,
+                "record": {
+                    "orders": record.orders.len(),
+                    "decisions": record.decisions.len(),
+                    "stock": want.stock,
+                },
+                "repaired": repaired,
+            })
+        );
+        Ok(())
+    }
+
+    /// Sends a fence through the campaign's partition and waits until its
+    /// processor has reached it with everything before it settled.
+    /// Returns the fence command's request id.
+    async fn fence(
+        &self,
+        redis: &mut ConnectionManager,
+        keys: &KeyLayout,
+        token: &str,
+    ) -> anyhow::Result<String> {
+        let cid = &self.campaign;
+        let hold = std::time::Duration::from_secs(self.fence_secs);
+        let until_ms = redis_now_ms(redis).await? + hold.as_millis() as i64;
+        let request_id = format!("repair-{token}");
+        let event = RequestEvent::CampaignCommand(CampaignCommand {
+            schema_version: SCHEMA_VERSION,
+            request_id: request_id.clone(),
+            campaign_id: cid.clone(),
+            action: CampaignAction::Fence {
+                token: token.to_owned(),
+                until_ms,
+            },
+            requested_at_ms: None,
+        });
+        let payload = serde_json::to_vec(&event)?;
+        let topic = self.kafka.topics().requests;
+        let producer = self.kafka.settings().producer(10_000)?;
+        producer
+            .send(
+                FutureRecord::to(&topic).key(cid.as_str()).payload(&payload),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .with_context(|| format!("sending the repair fence to {topic}"))?;
+        let meta = keys.campaign(cid).meta;
+        let deadline = tokio::time::Instant::now() + hold.saturating_sub(hold / 4);
+        loop {
+            let ready: Option<String> = redis::cmd("HGET")
+                .arg(&meta)
+                .arg(state::meta::FENCE_READY)
+                .query_async(redis)
+                .await?;
+            if ready.as_deref() == Some(token) {
+                return Ok(request_id);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "campaign {cid:?}: its processor did not reach the repair fence within {} s \
+                     (is a processor running and keeping up with {topic}?); nothing was written, \
+                     and the campaign's requests are held until the fence times out",
+                    (hold - hold / 4).as_secs()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads the log and the store, rebuilds the campaign's Redis state and
+    /// compares it with what Redis holds.
+    async fn survey(
+        &self,
+        redis: &mut ConnectionManager,
+        keys: &KeyLayout,
+    ) -> anyhow::Result<Survey> {
         let cid = self.campaign.clone();
         let settings = self.kafka.settings();
         let topic = self.kafka.topics().orders;
@@ -309,8 +441,6 @@ impl ReconcileCmd {
             );
         }
 
-        let mut redis = seckill_processors::connect_redis(&self.redis.redis_url).await?;
-        let keys = KeyLayout::new(self.redis.key_prefix.clone());
         let k = keys.campaign(&cid);
         let spec = match record.spec.clone() {
             Some(s) => s,
@@ -318,7 +448,7 @@ impl ReconcileCmd {
                 let def: Option<String> = redis::cmd("HGET")
                     .arg(&k.meta)
                     .arg(state::meta::DEFINITION)
-                    .query_async(&mut redis)
+                    .query_async(redis)
                     .await?;
                 match def.and_then(|d| serde_json::from_str(&d).ok()) {
                     Some(s) => s,
@@ -329,25 +459,25 @@ impl ReconcileCmd {
         let want = record.image(&spec);
 
         let mut diffs = Vec::new();
-        let meta = hash(&mut redis, &k.meta).await?;
+        let meta = hash(redis, &k.meta).await?;
         if meta.get(state::meta::DEFINITION) != want.meta.get(state::meta::DEFINITION) {
             diffs.push("meta: the campaign definition is missing or differs in Redis".to_owned());
         }
         differences(
             "stock",
-            &hash(&mut redis, &k.stock).await?,
+            &hash(redis, &k.stock).await?,
             &want.stock,
             &mut diffs,
         );
         differences(
             "user",
-            &hash(&mut redis, &k.users).await?,
+            &hash(redis, &k.users).await?,
             &want.users,
             &mut diffs,
         );
         differences(
             "prize",
-            &hash(&mut redis, &k.prizes).await?,
+            &hash(redis, &k.prizes).await?,
             &want.prizes,
             &mut diffs,
         );
@@ -357,7 +487,7 @@ impl ReconcileCmd {
             StoredOrder::decode(v)
                 .map_or_else(|e| format!("unreadable ({e})"), |o| o.status.to_string())
         };
-        let have_orders: BTreeMap<String, String> = hash(&mut redis, &k.orders)
+        let have_orders: BTreeMap<String, String> = hash(redis, &k.orders)
             .await?
             .iter()
             .map(|(id, v)| (id.clone(), status(v)))
@@ -370,7 +500,7 @@ impl ReconcileCmd {
         differences("order", &have_orders, &want_orders, &mut diffs);
         let recorded: BTreeSet<String> = redis::cmd("HKEYS")
             .arg(&k.requests)
-            .query_async::<Vec<String>>(&mut redis)
+            .query_async::<Vec<String>>(redis)
             .await?
             .into_iter()
             .collect();
@@ -383,33 +513,18 @@ impl ReconcileCmd {
             diffs.push(format!("requests: {missing} decided request(s) not recorded in Redis (a redelivery would be decided again)"));
         }
 
-        let repaired = if self.repair && !diffs.is_empty() {
-            restore(&mut redis, &keys, &cid, &want)
-                .await
-                .with_context(|| format!("writing the rebuilt state of {cid} to Redis"))?;
-            true
-        } else {
-            false
-        };
-        if let Some(path) = &self.metrics_file {
-            write_metrics(path, &cid, diffs.len(), repaired)?;
-        }
-        println!(
-            "{}",
-            json!({
-                "campaign": cid,
-                "discrepancies": diffs.len(),
-                "details": diffs,
-                "record": {
-                    "orders": record.orders.len(),
-                    "decisions": record.decisions.len(),
-                    "stock": want.stock,
-                },
-                "repaired": repaired,
-            })
-        );
-        Ok(())
+        Ok(Survey {
+            record,
+            want,
+            diffs,
+        })
     }
+}
+
+/// Redis' clock (the one decide.lua reads), unix ms.
+async fn redis_now_ms(redis: &mut ConnectionManager) -> anyhow::Result<i64> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(redis).await?;
+    Ok(secs * 1000 + micros / 1000)
 }
 
 fn write_metrics(

@@ -38,6 +38,12 @@ pub(crate) struct AllCmd {
     sink: SinkArgs,
     #[command(flatten)]
     shutdown: ShutdownArgs,
+    /// This is the only seckill process on these topics (the local stack):
+    /// it takes every partition by hand and commits outside the group
+    /// protocol, so a slow broker's missed heartbeats cannot stall it.
+    /// Never with more than one process on the same topics.
+    #[arg(long, env = "SECKILL_SOLO", default_value_t = false)]
+    solo: bool,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +167,19 @@ fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
         campaign_cache_ms: i.campaign_cache_ms,
         max_body_bytes: i.max_body_bytes,
         enable_reset: i.enable_reset,
+        watch: vec![
+            seckill_kafka::Watched {
+                group: Topics::processors_group(&k.topic_prefix),
+                topic: k.topics().requests,
+                consequence: "accepted requests are not decided".into(),
+            },
+            seckill_kafka::Watched {
+                group: Topics::sinks_group(&k.topic_prefix),
+                topic: k.topics().orders,
+                consequence: "decided orders are not stored".into(),
+            },
+        ],
+        stall_after: std::time::Duration::from_secs(i.stall_secs),
     }
 }
 
@@ -369,12 +388,14 @@ impl AllCmd {
         let store = store(&self.store).await?;
         let cancel = CancellationToken::new();
         let mut roles = Roles::default();
-        let pc = processor_config(&self.kafka, &self.redis, &self.process);
+        let mut pc = processor_config(&self.kafka, &self.redis, &self.process);
+        pc.kafka.solo = self.solo;
         let c = cancel.clone();
         roles.spawn("processor", async move {
             Ok(seckill_processors::run(pc, c).await?)
         });
-        let sc = sink_config(&self.kafka, &self.sink);
+        let mut sc = sink_config(&self.kafka, &self.sink);
+        sc.kafka.solo = self.solo;
         let (s, c) = (Arc::clone(&store), cancel.clone());
         roles.spawn(
             "sink",

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 
-use seckill_kafka::KafkaSettings;
+use seckill_kafka::{KafkaSettings, Watched};
 use seckill_schemas::Topics;
 
 /// Everything ingest needs.
@@ -31,4 +31,10 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Allow `POST /v1/campaigns/{id}/reset` (test environments only).
     pub enable_reset: bool,
+    /// The consumer groups behind this gateway (processors, sinks) whose
+    /// progress `/readyz` answers for.
+    pub watch: Vec<Watched>,
+    /// A watched group that commits nothing for this long while messages
+    /// wait is stalled: logged, and `/readyz` fails (zero: not watched).
+    pub stall_after: std::time::Duration,
 }

@@ -27,6 +27,8 @@ pub(crate) struct App {
     pub(crate) global: Option<DefaultDirectRateLimiter>,
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) started: std::time::Instant,
+    /// What the stall watch found (see `seckill_kafka::watch_progress`).
+    pub(crate) stalls: seckill_kafka::Stalls,
 }
 
 pub(crate) type AppState = Arc<App>;
@@ -70,6 +72,17 @@ impl App {
         .map_err(kafka_err)?;
         let per_user = quota(config.rate_limit_per_user).map(RateLimiter::keyed);
         let global = quota(config.rate_limit_global).map(RateLimiter::direct);
+        let stalls = if config.stall_after.is_zero() {
+            seckill_kafka::Stalls::default()
+        } else {
+            seckill_kafka::watch_progress(
+                &config.kafka,
+                config.watch.clone(),
+                config.stall_after,
+                cancel.clone(),
+            )
+            .map_err(kafka_err)?
+        };
         let app = Arc::new(App {
             keys: KeyLayout::new(config.key_prefix.clone()),
             cache: CampaignCache::new(Duration::from_millis(config.campaign_cache_ms)),
@@ -82,6 +95,7 @@ impl App {
             per_user,
             global,
             started: std::time::Instant::now(),
+            stalls,
         });
         // The keyed limiter keeps a cell per user it has seen; forget the
         // ones that have been quiet so memory stays bounded over a long sale.

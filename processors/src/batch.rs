@@ -138,4 +138,6 @@ pub(crate) struct InFlight {
     pub(crate) payloads: Vec<(String, Vec<u8>)>,
     /// The producer's receipts: (index in `payloads`, receipt).
     pub(crate) deliveries: Vec<(usize, DeliveryFuture)>,
+    /// Repair fences decided in this batch: (campaign, token).
+    pub(crate) fences: Vec<(String, String)>,
 }

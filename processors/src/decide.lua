@@ -21,6 +21,7 @@
 --              table_json = the same table as the JSON text to store}
 --   add_stock {r, q, prize}   close {r}   publish {r}   reset {r}
 --   pay {r, o, u}   cancel {r, o, u}   expire (what is due) {r}
+--   fence {r, token, until_ms}: a repair's fence (below)
 -- ARGV[2]: retention, seconds: how long a retired campaign (closed, or its
 --   window over) keeps its per-request records (KEYS 3-7 and 9) before
 --   Redis drops them by themselves; meta, stock and prizes stay.
@@ -30,6 +31,15 @@
 --   c|outcome|reason|decided
 --   t|to|order|user|q|price|purchase_request|created|expires|prize|decided
 --   r|reason|decided
+--   f|token   (held, not decided: the campaign is fenced for a repair)
+--
+-- A fence (`seckill reconcile --repair`) holds every operation after it
+-- until the repair is written (restore.lua lifts it) or its time passes:
+-- the call stops at the first operation it meets while fenced and answers
+-- `f|token` for it and every one after; what came before is decided and
+-- written as usual. The processor retries the whole call later (recorded
+-- requests repeat their answers), so nothing is decided against the state
+-- a repair is about to replace.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ops = cjson.decode(ARGV[1])
@@ -104,6 +114,29 @@ local function add_held(u, delta)
     h = 0
   end
   held[u] = h
+end
+
+-- The fence in force, if any; one past its time is dropped.
+local fence = nil
+do
+  local f = redis.call('HMGET', KEYS[1], 'fence', 'fence_until')
+  if f[1] then
+    if tonumber(f[2] or '0') > now then
+      fence = f[1]
+    else
+      redis.call('HDEL', KEYS[1], 'fence', 'fence_until', 'fence_ready')
+    end
+  end
+end
+
+local function set_fence(op)
+  local till = tonumber(op.until_ms)
+  redis.call('HSET', KEYS[1], 'fence', op.token, 'fence_until', int(till))
+  redis.call('HDEL', KEYS[1], 'fence_ready')
+  if till > now then
+    fence = op.token
+  end
+  return campaign('applied')
 end
 
 local function load_meta()
@@ -492,6 +525,7 @@ local handlers = {
   publish = function() return set_flag('draft', '0') end,
   pay = function(op) return order_command(op, true) end,
   cancel = function(op) return order_command(op, false) end,
+  fence = set_fence,
 }
 
 do
@@ -519,6 +553,12 @@ local function recorded(r)
 end
 
 for i, op in ipairs(ops) do
+  if fence then
+    for j = i, #ops do
+      out[j] = 'f|' .. fence
+    end
+    break
+  end
   if op.t == 'reset' then
     -- Not recorded: a reset forgets every recorded request.
     out[i] = reset()

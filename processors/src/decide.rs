@@ -74,6 +74,12 @@ enum Op<'a> {
         t: &'static str,
         r: &'a str,
     },
+    Fence {
+        t: &'static str,
+        r: &'a str,
+        token: &'a str,
+        until_ms: i64,
+    },
 }
 
 pub(crate) fn kind_name(spec: &CampaignSpec) -> &'static str {
@@ -169,6 +175,12 @@ impl<'a> Op<'a> {
                     t: op::RESET,
                     r: &c.request_id,
                 },
+                CampaignAction::Fence { token, until_ms } => Op::Fence {
+                    t: op::FENCE,
+                    r: &c.request_id,
+                    token,
+                    until_ms: *until_ms,
+                },
             },
             RequestEvent::OrderCommand(o) => Op::Order {
                 t: match o.action {
@@ -196,6 +208,11 @@ pub enum DecideError {
     BadAnswer(String),
     #[error("the decision script's answer does not read: {0}")]
     Record(#[from] RecordError),
+    /// The campaign is fenced for a repair: the call decided what came
+    /// before the fence and held the rest; repeat it once the repair is
+    /// written.
+    #[error("campaign fenced for a repair (token {token}); held until the repair is written")]
+    Fenced { token: String },
 }
 
 /// Runs the decision script.
@@ -262,6 +279,11 @@ impl Decider {
                 raw.len(),
                 events.len()
             )));
+        }
+        if let Some(token) = raw.iter().find_map(|r| r.strip_prefix("f|")) {
+            return Err(DecideError::Fenced {
+                token: token.to_owned(),
+            });
         }
         raw.iter()
             .map(|r| Answer::decode_all(r).map_err(DecideError::from))

@@ -14,7 +14,7 @@ mod translate;
 mod worker;
 
 pub use config::ProcessorConfig;
-pub use decide::Decider;
+pub use decide::{DecideError, Decider};
 pub use error::ProcessorError;
 pub use restore::{meta_fields, restore, CampaignImage};
 pub use run::run;

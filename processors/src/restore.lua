@@ -9,6 +9,18 @@
 --       attempts, prizes, stats)
 -- ARGV[1]: JSON {meta, stock, users, requests, orders, attempts, prizes}
 --          (objects of field -> string) and deadlines (object id -> ms).
+-- ARGV[2]: the token of the repair's fence. The image is written only
+--          while that fence holds and its processor has reached it (see
+--          decide.lua): then no decision of the campaign is in flight and
+--          none is made until this lifts the fence (the image's meta has
+--          none). Otherwise nothing is written.
+local f = redis.call('HMGET', KEYS[1], 'fence', 'fence_until', 'fence_ready')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if f[1] ~= ARGV[2] or f[3] ~= ARGV[2] or tonumber(f[2] or '0') <= now then
+  return redis.error_reply('FENCE_LOST the repair fence ' .. ARGV[2]
+    .. ' no longer holds (it timed out, or another repair replaced it)')
+end
 local img = cjson.decode(ARGV[1])
 for i = 1, 9 do
   redis.call('DEL', KEYS[i])

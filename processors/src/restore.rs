@@ -69,12 +69,15 @@ pub fn meta_fields(
     .collect()
 }
 
-/// Replaces the campaign's Redis state with `image`, atomically.
+/// Replaces the campaign's Redis state with `image`, atomically, while the
+/// repair fence `fence_token` holds (its processor has reached it); this
+/// lifts the fence. Fails, writing nothing, when the fence no longer holds.
 pub async fn restore(
     con: &mut ConnectionManager,
     keys: &KeyLayout,
     campaign_id: &str,
     image: &CampaignImage,
+    fence_token: &str,
 ) -> Result<(), redis::RedisError> {
     let k = keys.campaign(campaign_id);
     let arg = serde_json::to_string(image).unwrap_or_default();
@@ -83,7 +86,7 @@ pub async fn restore(
     for key in k.script_keys() {
         call.key(key);
     }
-    let _: i64 = call.arg(arg).invoke_async(con).await?;
+    let _: i64 = call.arg(arg).arg(fence_token).invoke_async(con).await?;
     let _: i64 = redis::cmd("SADD")
         .arg(keys.campaigns())
         .arg(campaign_id)

@@ -62,12 +62,20 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         let (worker, consumer) = (Arc::clone(&worker), Arc::clone(&consumer));
         tokio::spawn(async move {
             while let Some(mut batch) = settling.recv().await {
-                if !worker.settle(&mut batch).await {
+                let settled = worker.settle(&mut batch).await;
+                worker.batch_settled();
+                if !settled {
                     // Stopped before the broker acknowledged it: the batch's
                     // offsets stay unstored and it is redelivered later.
                     break;
                 }
                 store_done(&consumer, &batch.messages);
+                // Everything decided before a fence of this batch is in the
+                // orders log now (batches settle in order), and everything
+                // after it is held: the repair may read the log.
+                for (campaign_id, token) in &batch.fences {
+                    worker.mark_fence_ready(campaign_id, token).await;
+                }
             }
         })
     };
@@ -93,6 +101,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         let Some(decided) = worker.decide(Batch::new(messages, partitions)).await else {
             break;
         };
+        worker.batch_unsettled();
         if to_emit.send(decided).await.is_err() {
             break;
         }

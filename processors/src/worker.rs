@@ -3,6 +3,7 @@
 //! them with the broker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,18 @@ pub(crate) struct Worker {
     producer: FutureProducer,
     config: ProcessorConfig,
     cancel: CancellationToken,
+    /// Batches decided but not yet settled (their events may not be in
+    /// the orders log yet).
+    unsettled: AtomicUsize,
 }
+
+/// Marks a fence as reached, only while it is still the one in force.
+const FENCE_READY: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+end
+return 1
+";
 
 impl Worker {
     pub(crate) fn new(
@@ -48,6 +60,43 @@ impl Worker {
             producer,
             config,
             cancel,
+            unsettled: AtomicUsize::new(0),
+        }
+    }
+
+    /// A decided batch goes on towards the broker.
+    pub(crate) fn batch_unsettled(&self) {
+        self.unsettled.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A batch's events are acknowledged (or the batch was given up).
+    pub(crate) fn batch_settled(&self) {
+        self.unsettled.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A campaign of the batch in hand is fenced for a repair. Once every
+    /// batch before it is settled, every event decided before the fence is
+    /// in the orders log: say so in the campaign's meta, where `seckill
+    /// reconcile --repair` waits for it before reading the log.
+    async fn fence_reached(&self, campaign_id: &str, token: &str) {
+        if self.unsettled.load(Ordering::SeqCst) == 0 {
+            self.mark_fence_ready(campaign_id, token).await;
+        }
+    }
+
+    /// Marks the fence `token` of `campaign_id` as reached (only while it
+    /// is the fence in force).
+    pub(crate) async fn mark_fence_ready(&self, campaign_id: &str, token: &str) {
+        let mut con = self.redis.clone();
+        let marked: Result<i64, _> = redis::Script::new(FENCE_READY)
+            .key(self.keys.campaign(campaign_id).meta)
+            .arg(seckill_schemas::state::meta::FENCE)
+            .arg(seckill_schemas::state::meta::FENCE_READY)
+            .arg(token)
+            .invoke_async(&mut con)
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(campaign_id, error = %e, "could not mark the repair fence as reached");
         }
     }
 
@@ -91,6 +140,9 @@ impl Worker {
                             .decide(&mut con, cid, spec.as_deref(), &events)
                             .await;
                         internal_events::lua_call(started.elapsed().as_secs_f64());
+                        if let Err(DecideError::Fenced { token }) = &r {
+                            self.fence_reached(cid, token).await;
+                        }
                         r.map(|outs| (spec, outs))
                     }
                 });
@@ -100,7 +152,13 @@ impl Worker {
                     .into_iter()
                     .collect::<Result<Vec<_>, _>>()
             },
-            |e| internal_events::step_failed("decide", e),
+            |e| match e {
+                DecideError::Fenced { .. } => tracing::info!(
+                    error = %e,
+                    "batch held: a campaign of it is being repaired"
+                ),
+                e => internal_events::step_failed("decide", e),
+            },
         )
         .await?;
         for (part, (spec, outcomes)) in batch.campaigns.iter_mut().zip(all) {
@@ -128,8 +186,14 @@ impl Worker {
         } = batch;
         let mut payloads: Vec<(String, Vec<u8>)> = Vec::with_capacity(messages.len());
         let mut lookups = Vec::new();
+        let mut fences = Vec::new();
         for part in campaigns {
             for (request, records) in part.requests.iter().zip(part.outcomes) {
+                if let RequestEvent::CampaignCommand(c) = &request.event {
+                    if let seckill_schemas::CampaignAction::Fence { token, .. } = &c.action {
+                        fences.push((part.campaign_id.clone(), token.clone()));
+                    }
+                }
                 let message_ms = messages[request.at].timestamp().to_millis().unwrap_or(0);
                 let t = translate(&request.event, records, part.spec.as_deref(), message_ms);
                 for e in &t.events {
@@ -180,6 +244,7 @@ impl Worker {
             messages,
             payloads,
             deliveries,
+            fences,
         })
     }
 

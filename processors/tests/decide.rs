@@ -1520,3 +1520,127 @@ async fn redis_bytes_per_decided_request() {
     assert!(per_script > 0.0 && per_script < 1200.0, "{per_script}");
     assert!(per_total < 2400.0, "{per_total}");
 }
+
+fn fence(id: &str, request: &str, token: &str, until_ms: i64) -> RequestEvent {
+    admin(
+        id,
+        request,
+        CampaignAction::Fence {
+            token: token.into(),
+            until_ms,
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_fence_holds_later_requests_until_the_repair_lifts_it() {
+    use seckill_processors::{meta_fields, restore, CampaignImage};
+    let mut b = Bench::new().await;
+    let spec = sale("cf", 5, 1, -1);
+    b.create(spec.clone()).await;
+    let k = KeyLayout::new("t").campaign("cf");
+    b.run("cf", &[buy("cf", "r1", "u1", 1)]).await;
+    let r1: String = redis::cmd("HGET")
+        .arg(&k.requests)
+        .arg("r1")
+        .query_async(&mut b.con)
+        .await
+        .unwrap();
+    let until = redis_ms(&mut b.con).await + 60_000;
+    let batch = [
+        buy("cf", "r2", "u2", 1),
+        fence("cf", "fence-1", "tok1", until),
+        buy("cf", "r3", "u3", 1),
+    ];
+    let refs: Vec<&RequestEvent> = batch.iter().collect();
+    let held = b.decider.decide(&mut b.con, "cf", Some(&spec), &refs).await;
+    assert!(
+        matches!(&held, Err(seckill_processors::DecideError::Fenced { token }) if token == "tok1"),
+        "{held:?}"
+    );
+    // What came before the fence was decided; what came after was not.
+    assert_eq!(b.stock("cf").await, (5, 3, 2, 0));
+    let later = [buy("cf", "r4", "u4", 1)];
+    let refs4: Vec<&RequestEvent> = later.iter().collect();
+    assert!(b
+        .decider
+        .decide(&mut b.con, "cf", Some(&spec), &refs4)
+        .await
+        .is_err());
+    assert_eq!(b.stock("cf").await, (5, 3, 2, 0));
+
+    // The image of a repair that knows only r1 (r2's decision never left
+    // the processor): refused until the processor has reached the fence,
+    // and refused under another token.
+    let mut image = CampaignImage {
+        meta: meta_fields(&spec, false, false, 1),
+        ..CampaignImage::default()
+    };
+    image.stock = [("total", "5"), ("available", "4"), ("reserved", "1"), ("paid", "0")]
+        .into_iter()
+        .map(|(f, v)| (f.to_owned(), v.to_owned()))
+        .collect();
+    image.users.insert("u1".into(), "1".into());
+    image.requests.insert("r1".into(), r1);
+    image
+        .requests
+        .insert("fence-1".into(), "c|applied||1".into());
+    let keys = KeyLayout::new("t");
+    let not_ready = restore(&mut b.con, &keys, "cf", &image, "tok1").await;
+    assert!(not_ready.is_err(), "restored before the fence was reached");
+    let _: () = redis::cmd("HSET")
+        .arg(&k.meta)
+        .arg(state::meta::FENCE_READY)
+        .arg("tok1")
+        .query_async(&mut b.con)
+        .await
+        .unwrap();
+    let wrong = restore(&mut b.con, &keys, "cf", &image, "tok2").await;
+    assert!(wrong.is_err(), "restored under another fence's token");
+    assert_eq!(b.stock("cf").await, (5, 3, 2, 0), "a refused restore wrote");
+    restore(&mut b.con, &keys, "cf", &image, "tok1")
+        .await
+        .unwrap();
+
+    // The fence is lifted: the held batch is decided again as a whole, the
+    // fence repeating its recorded answer instead of fencing again.
+    let out = b.run("cf", &batch).await;
+    assert_eq!(status(&out[0]), DecisionStatus::Reserved);
+    assert!(matches!(
+        out[1][0],
+        Outcome::Campaign {
+            outcome: CampaignOutcome::Applied,
+            ..
+        }
+    ));
+    assert_eq!(status(&out[2]), DecisionStatus::Reserved);
+    let out = b.run("cf", &later).await;
+    assert_eq!(status(&out[0]), DecisionStatus::Reserved);
+    assert_eq!(b.stock("cf").await, (5, 1, 4, 0));
+}
+
+#[tokio::test]
+async fn a_fence_past_its_time_stops_holding() {
+    let mut b = Bench::new().await;
+    let spec = sale("cg", 5, 1, -1);
+    b.create(spec.clone()).await;
+    let until = redis_ms(&mut b.con).await + 300;
+    let batch = [fence("cg", "fence-g", "tokg", until), buy("cg", "g1", "u1", 1)];
+    let refs: Vec<&RequestEvent> = batch.iter().collect();
+    assert!(b
+        .decider
+        .decide(&mut b.con, "cg", Some(&spec), &refs)
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let out = b.run("cg", &batch).await;
+    assert_eq!(status(&out[1]), DecisionStatus::Reserved);
+    let k = KeyLayout::new("t").campaign("cg");
+    let left: Option<String> = redis::cmd("HGET")
+        .arg(&k.meta)
+        .arg(state::meta::FENCE)
+        .query_async(&mut b.con)
+        .await
+        .unwrap();
+    assert_eq!(left, None, "an expired fence stays in meta");
+}

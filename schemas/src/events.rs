@@ -113,6 +113,11 @@ pub enum CampaignAction {
     Publish,
     /// Test only: every unit back, every user, order and decision forgotten.
     Reset,
+    /// `seckill reconcile --repair`: hold the campaign's later requests
+    /// until a repair carrying `token` is written or `until_ms` passes.
+    /// Travelling through the campaign's partition, it reaches the
+    /// processor in stream order, after every request accepted before it.
+    Fence { token: String, until_ms: i64 },
 }
 
 impl CampaignAction {
@@ -122,6 +127,7 @@ impl CampaignAction {
             Self::Close => "close",
             Self::Publish => "publish",
             Self::Reset => "reset",
+            Self::Fence { .. } => "fence",
         }
     }
 }

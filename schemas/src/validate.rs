@@ -209,6 +209,18 @@ impl RequestEvent {
                 {
                     Err(invalid("quantity", "must be between 1 and 1000000000"))
                 }
+                CampaignAction::Fence { token, until_ms } => {
+                    if token.is_empty()
+                        || token.len() > 64
+                        || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    {
+                        Err(invalid("token", "must be 1-64 letters, digits or '-'"))
+                    } else if *until_ms <= 0 {
+                        Err(invalid("until_ms", "must be a time in ms since the epoch"))
+                    } else {
+                        Ok(())
+                    }
+                }
                 _ => Ok(()),
             },
             Self::OrderCommand(o) => {

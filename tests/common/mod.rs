@@ -273,14 +273,20 @@ pub(crate) fn log_tail(path: &Path, max: u64) -> String {
 /// ships /bin/kill) is not on a minimal Debian, and nothing else here
 /// sends a signal without `unsafe`.
 pub(crate) fn sigterm(pid: u32) -> Result<(), String> {
+    signal(pid, "TERM")
+}
+
+/// Sends SIG`name` (TERM, KILL, ...) to `pid` with bash's builtin kill (a
+/// bare Debian has no /bin/kill).
+pub(crate) fn signal(pid: u32, name: &str) -> Result<(), String> {
     let status = Command::new("bash")
-        .args(["-c", "kill -TERM \"$0\"", &pid.to_string()])
+        .args(["-c", "kill -\"$1\" \"$0\"", &pid.to_string(), name])
         .status()
         .map_err(|e| format!("run bash to signal {pid}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("kill -TERM {pid}: {status}"))
+        Err(format!("kill -{name} {pid}: {status}"))
     }
 }
 
@@ -601,6 +607,7 @@ impl Stack {
             session_timeout_ms: SESSION_TIMEOUT_MS,
             properties: Vec::new(),
             instance_id: None,
+            solo: false,
         }
     }
 

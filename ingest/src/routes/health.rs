@@ -15,7 +15,9 @@ pub(super) async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: broker, Redis and the order store all answer.
+/// Readiness: broker, Redis and the order store all answer, and the
+/// processors and sinks behind this gateway keep up (no stalled group).
+/// A failed check names what is down, never an address or credential.
 pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let limit = Duration::from_secs(3);
     let kafka = tokio::time::timeout(limit, seckill_kafka::broker_reachable(&app.producer));
@@ -26,10 +28,12 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let store = tokio::time::timeout(limit, app.store.ping());
     let (kafka, redis, store) = tokio::join!(kafka, redis, store);
     let verdict = |ok: bool, what: &str| if ok { "ok".to_owned() } else { what.to_owned() };
+    let stalls = app.stalls.current();
     let checks = json!({
-        "kafka": verdict(matches!(kafka, Ok(Ok(()))), &format!("unreachable at {}", app.config.kafka.brokers)),
-        "redis": verdict(matches!(redis, Ok(Ok(_))), &format!("unreachable at {}", app.config.redis_url)),
+        "kafka": verdict(matches!(kafka, Ok(Ok(()))), "unreachable"),
+        "redis": verdict(matches!(redis, Ok(Ok(_))), "unreachable"),
         "store": verdict(matches!(store, Ok(Ok(()))), "not answering"),
+        "pipeline": verdict(stalls.is_empty(), &stalls.join("; ")),
     });
     let all_ok = checks
         .as_object()

@@ -10,6 +10,7 @@ mod admin;
 mod batch;
 mod dead_letter;
 mod partition;
+mod progress;
 pub mod retry;
 mod role;
 mod settings;
@@ -21,6 +22,7 @@ pub use dead_letter::{
     dead_letter, failure_headers, forward, header_i64, header_str, headers, ErrorClass,
 };
 pub use partition::{murmur2, partition_for};
+pub use progress::{watch_progress, Stalls, Watched};
 pub use retry::{retry_until, Backoff};
 pub use role::{broker_reachable, close_on_stop, metrics_text, shutdown_signal, CLOSE_ON_STOP};
 pub use settings::{parse_property, BadProperty, KafkaConsumer, KafkaSettings, RoleContext};

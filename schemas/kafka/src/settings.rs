@@ -80,6 +80,12 @@ pub struct KafkaSettings {
     /// member that restarts within the session timeout gets its partitions
     /// back without a rebalance of the whole group.
     pub instance_id: Option<String>,
+    /// This process is the only member of every group it joins (`seckill
+    /// all --solo`): it takes every partition by hand and commits without
+    /// the group protocol, so no heartbeat or rebalance can stall it. For
+    /// one process on one broker only: two solo processes on the same topics
+    /// would both decide every campaign.
+    pub solo: bool,
 }
 
 /// Why a `key=value` librdkafka property could not be read.
@@ -186,9 +192,18 @@ impl KafkaSettings {
         cancel: &CancellationToken,
     ) -> Result<std::sync::Arc<KafkaConsumer>, KafkaError> {
         let consumer = std::sync::Arc::new(self.group_consumer(group)?);
+        if self.solo {
+            assign_all(&consumer, topic)?;
+            return Ok(consumer);
+        }
         consumer.subscribe(&[topic])?;
+        // The watchdog reads the group's offsets over a connection of its
+        // own: a broker that drops a connection over a failed admin request
+        // must not take the member's heartbeats with it.
+        let probe = self.reader(group)?;
         watch_assignment(
             std::sync::Arc::clone(&consumer),
+            probe,
             group.to_owned(),
             topic.to_owned(),
             Duration::from_millis(self.session_timeout_ms.into()),
@@ -228,4 +243,25 @@ impl KafkaSettings {
             .own(&self.properties)
             .create_with_context(RoleContext)
     }
+}
+
+/// Takes every partition of `topic`, each from the group's committed
+/// offset (the earliest one where the group has none).
+fn assign_all(consumer: &KafkaConsumer, topic: &str) -> Result<(), KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Stored)?;
+        }
+    }
+    if tpl.count() == 0 {
+        return Err(KafkaError::Subscription(format!(
+            "topic {topic} has no partitions; run `seckill topics create`"
+        )));
+    }
+    consumer.assign(&tpl)?;
+    tracing::info!(%topic, partitions = tpl.count(), "solo: every partition assigned by hand");
+    Ok(())
 }

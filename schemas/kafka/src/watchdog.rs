@@ -32,20 +32,24 @@ static GROUP_REJOINS: std::sync::LazyLock<prometheus::IntCounterVec> =
 /// of a fresh generation.
 ///
 /// Checks every half `session_timeout`, once the member has held nothing
-/// for a whole session timeout (far longer than a rebalance takes). Proof
-/// that a partition is unowned, from what the broker answers:
-/// - the group is listed: it is stable and has no more members than the
-///   topic has partitions (no assignor leaves a member empty then);
-/// - it is not (tansu lists only groups that ever committed an offset):
-///   some partition holds messages past the group's committed offset, and
-///   that offset has not moved since the previous check.
+/// for a whole session timeout (far longer than a rebalance takes). The
+/// proof that a partition is unowned is its progress alone: it holds
+/// messages past the group's committed offset, and that offset has not
+/// moved since the previous check. The group is never described
+/// (DescribeGroups): tansu 0.6's SQLite engine fails that request and
+/// drops the connection, which cost the member its heartbeats and turned
+/// one idle spell into a rebalance every few seconds. `probe` (a consumer
+/// under the group's id that never joins it) reads the offsets, on its own
+/// connection.
 pub(crate) fn watch_assignment(
     consumer: std::sync::Arc<KafkaConsumer>,
+    probe: KafkaConsumer,
     group: String,
     topic: String,
     session_timeout: Duration,
     cancel: CancellationToken,
 ) {
+    let probe = std::sync::Arc::new(probe);
     tokio::spawn(async move {
         let (every, settle) = (session_timeout / 2, session_timeout);
         let mut empty_since: Option<std::time::Instant> = None;
@@ -68,18 +72,14 @@ pub(crate) fn watch_assignment(
             if since.elapsed() < settle {
                 continue;
             }
-            let probe = {
-                let (consumer, group, topic) = (
-                    std::sync::Arc::clone(&consumer),
-                    group.clone(),
-                    topic.clone(),
-                );
-                tokio::task::spawn_blocking(move || group_view(&consumer, &group, &topic)).await
+            let look = {
+                let (probe, topic) = (std::sync::Arc::clone(&probe), topic.clone());
+                tokio::task::spawn_blocking(move || group_view(&probe, &topic)).await
             };
-            let view = match probe {
+            let view = match look {
                 Ok(Ok(view)) => view,
                 Ok(Err(e)) => {
-                    tracing::debug!(%group, error = %e, "could not describe the group");
+                    tracing::debug!(%group, error = %e, "could not read the group's progress");
                     continue;
                 }
                 Err(_) => continue,
@@ -104,14 +104,11 @@ pub(crate) fn watch_assignment(
     });
 }
 
-/// What the broker says of a group and its topic, as far as
-/// [`watch_assignment`] needs it.
+/// A group's progress on its topic, as far as [`watch_assignment`] needs
+/// it: per partition, (partition, the group's next offset to read (its
+/// committed offset, else the low watermark), high watermark).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GroupView {
-    /// (stable, members) when the broker lists the group.
-    described: Option<(bool, usize)>,
-    /// Per partition of the topic: (partition, the group's next offset to
-    /// read (its committed offset, else the low watermark), high watermark).
     progress: Vec<(i32, i64, i64)>,
 }
 
@@ -119,43 +116,32 @@ impl GroupView {
     /// Whether some partition has no owner, seen by a member that holds
     /// nothing; `before` is the previous view of the same idle spell.
     fn stranded(&self, before: Option<&GroupView>) -> bool {
-        match self.described {
-            Some((stable, members)) => stable && members > 0 && members <= self.progress.len(),
-            None => {
-                let Some(before) = before else {
-                    return false;
-                };
-                self.progress.iter().any(|&(partition, next, high)| {
-                    high > next
-                        && before
-                            .progress
-                            .iter()
-                            .any(|&(p, was, _)| p == partition && was == next)
-                })
-            }
-        }
+        let Some(before) = before else {
+            return false;
+        };
+        self.progress.iter().any(|&(partition, next, high)| {
+            high > next
+                && before
+                    .progress
+                    .iter()
+                    .any(|&(p, was, _)| p == partition && was == next)
+        })
     }
 }
 
-fn group_view(consumer: &KafkaConsumer, group: &str, topic: &str) -> Result<GroupView, KafkaError> {
+fn group_view(probe: &KafkaConsumer, topic: &str) -> Result<GroupView, KafkaError> {
     let timeout = Duration::from_secs(5);
-    let groups = consumer.fetch_group_list(Some(group), timeout)?;
-    let described = groups
-        .groups()
-        .iter()
-        .find(|g| g.name() == group)
-        .map(|g| (g.state().eq_ignore_ascii_case("stable"), g.members().len()));
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let metadata = probe.fetch_metadata(Some(topic), timeout)?;
     let mut wanted = TopicPartitionList::new();
     for t in metadata.topics().iter().filter(|t| t.name() == topic) {
         for p in t.partitions() {
             wanted.add_partition(topic, p.id());
         }
     }
-    let committed = consumer.committed_offsets(wanted.clone(), timeout)?;
+    let committed = probe.committed_offsets(wanted.clone(), timeout)?;
     let mut progress = Vec::new();
     for e in wanted.elements() {
-        let (low, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
+        let (low, high) = probe.fetch_watermarks(topic, e.partition(), timeout)?;
         let next = match committed
             .find_partition(topic, e.partition())
             .map(|c| c.offset())
@@ -165,57 +151,30 @@ fn group_view(consumer: &KafkaConsumer, group: &str, topic: &str) -> Result<Grou
         };
         progress.push((e.partition(), next, high));
     }
-    Ok(GroupView {
-        described,
-        progress,
-    })
+    Ok(GroupView { progress })
 }
 
 #[cfg(test)]
 mod tests {
     use super::GroupView;
 
-    fn listed(stable: bool, members: usize, partitions: usize) -> GroupView {
+    fn view(progress: &[(i32, i64, i64)]) -> GroupView {
         GroupView {
-            described: Some((stable, members)),
-            progress: (0..partitions as i32).map(|p| (p, 0, 0)).collect(),
-        }
-    }
-
-    fn unlisted(progress: &[(i32, i64, i64)]) -> GroupView {
-        GroupView {
-            described: None,
             progress: progress.to_vec(),
         }
     }
 
     #[test]
-    fn an_empty_member_of_a_stable_group_with_spare_partitions_is_stranded() {
-        assert!(listed(true, 1, 2).stranded(None));
-        assert!(listed(true, 2, 2).stranded(None));
-    }
-
-    #[test]
-    fn more_members_than_partitions_or_a_rebalance_in_progress_is_not_stranded() {
-        // Some member legitimately idles when members outnumber partitions.
-        assert!(!listed(true, 3, 2).stranded(None));
-        // Mid-rebalance an empty assignment is normal.
-        assert!(!listed(false, 1, 2).stranded(None));
-        // A topic the broker does not know (yet) has no partition to own.
-        assert!(!listed(true, 1, 0).stranded(None));
-    }
-
-    #[test]
-    fn an_unlisted_group_is_stranded_only_when_a_backlog_stands_still() {
-        let first = unlisted(&[(0, 10, 10), (1, 4, 9)]);
+    fn a_group_is_stranded_only_when_a_backlog_stands_still() {
+        let first = view(&[(0, 10, 10), (1, 4, 9)]);
         // One look is not enough: the backlog may be moving.
         assert!(!first.stranded(None));
         // Partition 1 still waits at offset 4 with messages up to 9.
-        assert!(unlisted(&[(0, 10, 12), (1, 4, 9)]).stranded(Some(&first)));
+        assert!(view(&[(0, 10, 12), (1, 4, 9)]).stranded(Some(&first)));
         // Someone is reading partition 1: it is owned.
-        assert!(!unlisted(&[(0, 10, 10), (1, 7, 9)]).stranded(Some(&first)));
+        assert!(!view(&[(0, 10, 10), (1, 7, 9)]).stranded(Some(&first)));
         // Nothing waits anywhere: nothing to rescue.
-        let idle = unlisted(&[(0, 10, 10), (1, 9, 9)]);
+        let idle = view(&[(0, 10, 10), (1, 9, 9)]);
         assert!(!idle.stranded(Some(&idle)));
     }
 }

@@ -38,6 +38,12 @@ pub mod meta {
     pub const DRAW_TABLE: &str = "table";
     /// When the create was applied (Redis time, unix ms).
     pub const CREATED_AT: &str = "created_at";
+    /// A repair's fence (`seckill reconcile --repair`): its token, until
+    /// when it holds (unix ms), and the token again once the campaign's
+    /// processor has settled everything decided before it.
+    pub const FENCE: &str = "fence";
+    pub const FENCE_UNTIL: &str = "fence_until";
+    pub const FENCE_READY: &str = "fence_ready";
 
     /// How a flag is stored.
     pub fn flag(on: bool) -> &'static str {
@@ -89,4 +95,5 @@ pub mod op {
     pub const PAY: &str = "pay";
     pub const CANCEL: &str = "cancel";
     pub const EXPIRE: &str = "expire";
+    pub const FENCE: &str = "fence";
 }
