@@ -407,7 +407,9 @@ impl BenchCmd {
         &self,
         plan: &[(String, String)],
     ) -> anyhow::Result<(Vec<String>, usize, usize)> {
-        let producer = self.kafka.settings().producer(30_000)?;
+        // Like an upstream service that keeps retrying: a slow broker delays
+        // a request rather than losing it (refused = not acknowledged in 5 min).
+        let producer = self.kafka.settings().producer(300_000)?;
         let topic = self.kafka.topics().requests;
         let mut futures = Vec::with_capacity(plan.len());
         for (campaign, user) in plan {
