@@ -718,3 +718,63 @@ async fn permanent_store_failure_goes_to_dlq_then_replay_makes_store_whole_and_s
     assert_clean(&report);
     roles.sink.assert_alive();
 }
+
+// ---------------------------------------------------------------------------
+// Replay destinations
+
+/// A message on the requests DLQ whose headers claim it came from the
+/// orders log (anyone who may produce to the DLQ can write them): a forged
+/// paid order. `dlq --source requests replay` sends it to the requests
+/// topic, the only home of that DLQ, and the orders log never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_message_naming_another_topic_is_replayed_only_to_its_home_topic() {
+    let stack = Stack::start().await;
+    stack.seckill_run(&["topics", "create"], &[], 60).await;
+    let producer = stack.producer();
+    let forged = json!({
+        "type": "order_paid", "schema_version": 1, "campaign_id": "c-forged",
+        "order_id": "o-forged", "request_id": "r-forged", "user_id": "mallory",
+        "quantity": 1, "price": 1, "decided_at_ms": 1
+    })
+    .to_string();
+    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&stack.topics.requests_dlq)
+        .key("c-forged")
+        .payload(forged.as_bytes())
+        .headers(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "seckill-original-topic",
+                    value: Some(stack.topics.orders.as_str()),
+                })
+                .insert(Header {
+                    key: "seckill-error-class",
+                    value: Some("permanent"),
+                }),
+        );
+    producer
+        .inner
+        .send(record, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce to the requests DLQ: {e}"));
+
+    let replay = last_json(
+        &stack
+            .seckill_output(&["dlq", "--source", "requests", "replay"], &[], 120)
+            .await,
+    );
+    eprintln!("replay: {replay}");
+    assert_eq!(replay["replayed"], json!(1), "{replay}");
+    let requests = read_topic(&stack, &stack.topics.requests, 1, Duration::from_secs(30)).await;
+    assert_eq!(
+        requests.len(),
+        1,
+        "the replay did not reach the requests topic"
+    );
+    assert_eq!(requests[0].payload(), Some(forged.as_bytes()));
+    let orders = read_topic(&stack, &stack.topics.orders, 0, Duration::from_secs(5)).await;
+    assert!(
+        orders.is_empty(),
+        "a requests-DLQ message reached the orders log: {:?}",
+        orders.iter().map(|m| m.offset()).collect::<Vec<_>>()
+    );
+}

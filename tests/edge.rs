@@ -724,3 +724,49 @@ async fn reset_when_enabled_returns_every_unit_and_forgets_decisions() {
     }
     drop(all);
 }
+
+// ---------------------------------------------------------------------------
+// One validation for both sides
+
+/// What a processor would dead-letter is refused at the door: a purchase
+/// with more attributes than a request event may carry is answered 400
+/// (not 202 and then `pending` forever). One user's Idempotency-Key reused
+/// on a second campaign is a second request, with its own id and order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_refuses_what_processors_would_dead_letter_and_keys_are_scoped_per_campaign() {
+    let stack = Stack::start().await;
+    let all = stack.seckill(&["all"], &[]).await;
+    let api = Api::new(all.http.as_deref().expect("http"));
+    let (c1, c2) = (
+        format!("scope1-{}", token(6)),
+        format!("scope2-{}", token(6)),
+    );
+    api.create_campaign(&CampaignArgs::new(&c1, 10, 1)).await;
+    api.create_campaign(&CampaignArgs::new(&c2, 10, 1)).await;
+
+    let attributes: serde_json::Map<String, serde_json::Value> =
+        (0..40).map(|i| (format!("a{i}"), json!(i))).collect();
+    let reply = api
+        .post(
+            "/v1/purchases",
+            &json!({ "campaign_id": c1, "attributes": attributes }),
+            &[("X-User-Id", "alice"), ("Idempotency-Key", "too-many")],
+        )
+        .await
+        .expect("POST /v1/purchases");
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(
+        reply.body.to_string().contains("attributes"),
+        "the 400 does not say what to fix: {}",
+        reply.body
+    );
+
+    let first = api.purchase_decided(&c1, "bob", "same-key", None).await;
+    let second = api.purchase_decided(&c2, "bob", "same-key", None).await;
+    assert_ne!(first.request_id, second.request_id);
+    assert_eq!(first.status, DecisionStatus::Reserved, "{first:?}");
+    assert_eq!(second.status, DecisionStatus::Reserved, "{second:?}");
+    assert_ne!(first.order_id, second.order_id);
+    assert_eq!(first.campaign_id, c1);
+    assert_eq!(second.campaign_id, c2);
+}

@@ -959,9 +959,9 @@ async fn repair_during_a_live_sale_loses_no_decision_and_does_not_oversell() {
     );
     assert_eq!(repair["repaired"], json!(true), "{repair}");
     assert!(
-        repair["details"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|l| l.as_str().is_some_and(|l| l.contains("ghost")))),
+        repair["details"].as_array().is_some_and(|d| d
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("ghost")))),
         "the stray holding was not among the differences: {repair}"
     );
     stream.await.expect("stream");

@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_clean, free_port, pid_alive, signal, token, wait_all_decided, Api, CampaignArgs,
-    Checker,
+    assert_clean, free_port, pid_alive, signal, token, wait_all_decided, Api, CampaignArgs, Checker,
 };
 use seckill_kafka::KafkaSettings;
 use seckill_schemas::KeyLayout;
@@ -62,7 +61,10 @@ impl ReadmeStack {
             ("SECKILL_DATA", self.data.path().display().to_string()),
             ("SECKILL_HTTP_ADDR", format!("127.0.0.1:{}", self.http)),
             ("SECKILL_KAFKA_BROKERS", format!("127.0.0.1:{}", self.kafka)),
-            ("SECKILL_REDIS_URL", format!("redis://127.0.0.1:{}", self.redis)),
+            (
+                "SECKILL_REDIS_URL",
+                format!("redis://127.0.0.1:{}", self.redis),
+            ),
             ("SECKILL_RATE_LIMIT_PER_USER", "100000".to_owned()),
         ]
     }
@@ -112,7 +114,10 @@ impl ReadmeStack {
                 }
             }
             if let Some(status) = self.run.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("scripts/run exited with {status} before ready:\n{}", self.log_tail());
+                panic!(
+                    "scripts/run exited with {status} before ready:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -319,10 +319,22 @@ async fn replay(
                 .unwrap_or_else(OwnedHeaders::new);
             Some(("quarantine", quarantine.to_owned(), hs))
         } else {
-            let target = header_str(m, headers::ORIGINAL_TOPIC)
-                .unwrap_or(origin)
-                .to_owned();
-            Some(("replay", target, replay_headers(m, count + 1)))
+            // Home only: a DLQ's messages go back to the topic it serves,
+            // whatever their headers say. Anyone who can produce to the
+            // requests DLQ can write those headers; letting them choose the
+            // destination would let a forged message reach the orders log.
+            if let Some(named) = header_str(m, headers::ORIGINAL_TOPIC) {
+                if named != origin && !named.starts_with(&format!("{origin}.retry.")) {
+                    eprintln!(
+                        "{dlq}/{}@{}: its {} header names {named:?}; replayed to {origin}, the \
+                         only topic this DLQ's messages go back to",
+                        m.partition(),
+                        m.offset(),
+                        headers::ORIGINAL_TOPIC
+                    );
+                }
+            }
+            Some(("replay", origin.to_owned(), replay_headers(m, count + 1)))
         };
         let Some((verb, topic, hs)) = action else {
             skipped += 1;

@@ -11,9 +11,9 @@ use rdkafka::message::Message;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
+use rdkafka::producer::FutureRecord;
 use seckill_processors::{meta_fields, restore, CampaignImage};
 use seckill_schemas::state::{self, Answer, StockCounters, StoredOrder};
-use rdkafka::producer::FutureRecord;
 use seckill_schemas::{
     CampaignAction, CampaignCommand, CampaignOutcome, CampaignSpec, DecisionStatus, KeyLayout,
     OrderEvent, OrderStatus, RequestEvent, SCHEMA_VERSION,

@@ -1576,10 +1576,15 @@ async fn a_fence_holds_later_requests_until_the_repair_lifts_it() {
         meta: meta_fields(&spec, false, false, 1),
         ..CampaignImage::default()
     };
-    image.stock = [("total", "5"), ("available", "4"), ("reserved", "1"), ("paid", "0")]
-        .into_iter()
-        .map(|(f, v)| (f.to_owned(), v.to_owned()))
-        .collect();
+    image.stock = [
+        ("total", "5"),
+        ("available", "4"),
+        ("reserved", "1"),
+        ("paid", "0"),
+    ]
+    .into_iter()
+    .map(|(f, v)| (f.to_owned(), v.to_owned()))
+    .collect();
     image.users.insert("u1".into(), "1".into());
     image.requests.insert("r1".into(), r1);
     image
@@ -1625,7 +1630,10 @@ async fn a_fence_past_its_time_stops_holding() {
     let spec = sale("cg", 5, 1, -1);
     b.create(spec.clone()).await;
     let until = redis_ms(&mut b.con).await + 300;
-    let batch = [fence("cg", "fence-g", "tokg", until), buy("cg", "g1", "u1", 1)];
+    let batch = [
+        fence("cg", "fence-g", "tokg", until),
+        buy("cg", "g1", "u1", 1),
+    ];
     let refs: Vec<&RequestEvent> = batch.iter().collect();
     assert!(b
         .decider

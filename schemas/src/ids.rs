@@ -10,11 +10,15 @@ pub fn order_id_for(request_id: &str) -> String {
     Uuid::new_v5(&ORDER_NS, request_id.as_bytes()).to_string()
 }
 
-/// The request id for a client's `Idempotency-Key`. Scoped by user so two
-/// users who pick the same key never collide.
-pub fn request_id_for_key(user_id: &str, idempotency_key: &str) -> String {
-    let mut name = Vec::with_capacity(user_id.len() + idempotency_key.len() + 1);
+/// The request id for a client's `Idempotency-Key`, scoped by user and by
+/// campaign: two users who pick the same key never collide, and one user's
+/// key reused on another campaign is another request (with another order).
+pub fn request_id_for_key(user_id: &str, campaign_id: &str, idempotency_key: &str) -> String {
+    let mut name =
+        Vec::with_capacity(user_id.len() + campaign_id.len() + idempotency_key.len() + 2);
     name.extend_from_slice(user_id.as_bytes());
+    name.push(0);
+    name.extend_from_slice(campaign_id.as_bytes());
     name.push(0);
     name.extend_from_slice(idempotency_key.as_bytes());
     Uuid::new_v5(&REQUEST_NS, &name).to_string()
@@ -28,10 +32,27 @@ mod tests {
     fn ids_are_deterministic_and_scoped() {
         assert_eq!(order_id_for("r1"), order_id_for("r1"));
         assert_ne!(order_id_for("r1"), order_id_for("r2"));
-        assert_eq!(request_id_for_key("u1", "k"), request_id_for_key("u1", "k"));
-        assert_ne!(request_id_for_key("u1", "k"), request_id_for_key("u2", "k"));
+        assert_eq!(
+            request_id_for_key("u1", "c", "k"),
+            request_id_for_key("u1", "c", "k")
+        );
+        assert_ne!(
+            request_id_for_key("u1", "c", "k"),
+            request_id_for_key("u2", "c", "k")
+        );
+        assert_ne!(
+            request_id_for_key("u1", "c1", "k"),
+            request_id_for_key("u1", "c2", "k")
+        );
+        assert_ne!(
+            request_id_for_key("u", "ab", "c"),
+            request_id_for_key("u", "a", "bc")
+        );
         // The separator keeps ("ab","c") and ("a","bc") apart.
-        assert_ne!(request_id_for_key("ab", "c"), request_id_for_key("a", "bc"));
+        assert_ne!(
+            request_id_for_key("ab", "c", "k"),
+            request_id_for_key("a", "bc", "k")
+        );
     }
 }
 

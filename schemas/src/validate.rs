@@ -212,7 +212,9 @@ impl RequestEvent {
                 CampaignAction::Fence { token, until_ms } => {
                     if token.is_empty()
                         || token.len() > 64
-                        || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        || !token
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     {
                         Err(invalid("token", "must be 1-64 letters, digits or '-'"))
                     } else if *until_ms <= 0 {

@@ -178,7 +178,7 @@ async fn order_command(
     // Paying (or cancelling) one order twice is one intent, so without a key
     // the request id is derived from the order: a retry is safe either way.
     let key = idempotency_key(headers)?.unwrap_or_else(|| format!("{verb}:{order_id}"));
-    let request_id = request_id_for_key(&user, &format!("{verb}:{order_id}:{key}"));
+    let request_id = request_id_for_key(&user, &campaign_id, &format!("{verb}:{order_id}:{key}"));
     if let Some(r) = read_result::<OrderCommandResult>(app, &request_id).await {
         return Ok(answer(r));
     }

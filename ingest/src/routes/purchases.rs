@@ -159,22 +159,31 @@ async fn purchase(
 
     let key = idempotency_key(headers)?;
     let request_id = match &key {
-        Some(k) => request_id_for_key(&user, k),
+        Some(k) => request_id_for_key(&user, &body.campaign_id, k),
         None => uuid::Uuid::new_v4().to_string(),
     };
     if key.is_some() {
+        // The id is scoped by campaign: a decision found is this one's.
         if let Some(d) = read_decision(app, &request_id).await? {
-            if d.campaign_id != body.campaign_id {
-                return Err(Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Unprocessable Entity",
-                    "this Idempotency-Key was used for a different campaign; use a new key",
-                ));
-            }
             internal_events::purchase("replayed");
             return Ok(Json(d).into_response());
         }
     }
+
+    let event = RequestEvent::PurchaseRequested(PurchaseRequested {
+        schema_version: SCHEMA_VERSION,
+        request_id: request_id.clone(),
+        campaign_id: body.campaign_id.clone(),
+        user_id: user.clone(),
+        quantity,
+        requested_at_ms: Some(now_ms()),
+        attributes: body.attributes.clone(),
+    });
+    // One validation for both sides: what a processor would dead-letter is
+    // refused here, before the client is told it was accepted.
+    event
+        .validate()
+        .map_err(|e| Problem::bad_request(format!("the purchase cannot be accepted: {e}")))?;
 
     let mut con = app.redis.clone();
     match app.cache.get(&mut con, &app.keys, &body.campaign_id).await {
@@ -216,15 +225,6 @@ async fn purchase(
         Err(e) => tracing::debug!(error = %e, "campaign cache unavailable; queueing"),
     }
 
-    let event = RequestEvent::PurchaseRequested(PurchaseRequested {
-        schema_version: SCHEMA_VERSION,
-        request_id: request_id.clone(),
-        campaign_id: body.campaign_id,
-        user_id: user,
-        quantity,
-        requested_at_ms: Some(now_ms()),
-        attributes: body.attributes,
-    });
     let pick = |w| match w {
         Wakeup::Decision(d) => Some(d),
         _ => None,
