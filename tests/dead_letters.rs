@@ -778,3 +778,97 @@ async fn a_dlq_message_naming_another_topic_is_replayed_only_to_its_home_topic()
         orders.iter().map(|m| m.offset()).collect::<Vec<_>>()
     );
 }
+
+// ---------------------------------------------------------------------------
+// Authenticated commands
+
+/// Anyone who can produce to the requests topic can buy, and nothing more:
+/// a close without an authenticator, a reset with a forged one and a create
+/// signed with another key change nothing and land in the requests DLQ as
+/// `unauthenticated`; a correctly signed reset is refused too, because the
+/// processors do not enable resets. The campaign keeps selling and its
+/// orders stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_commands_on_the_topic_change_nothing_and_land_in_the_dlq_as_unauthenticated() {
+    use seckill_schemas::{CampaignAction, CampaignCommand, RequestEvent, UpsertCampaign};
+    let stack = Stack::start().await;
+    let all = stack.seckill(&["all"], &[]).await;
+    let api = common::Api::new(all.http.as_deref().expect("http"));
+    let cid = format!("forged-{}", token(6));
+    api.create_campaign(&CampaignArgs::new(&cid, 10, 1)).await;
+    let before = api.purchase_decided(&cid, "alice", "a1", None).await;
+    assert_eq!(before.status, DecisionStatus::Reserved);
+
+    let key = std::fs::read(stack.command_key_path()).expect("command key");
+    let command = |rid: &str, action: CampaignAction| {
+        RequestEvent::CampaignCommand(CampaignCommand {
+            schema_version: 1,
+            request_id: rid.to_owned(),
+            campaign_id: cid.clone(),
+            action,
+            requested_at_ms: None,
+            auth: None,
+        })
+    };
+    let unsigned_close = command("forged-close", CampaignAction::Close);
+    let mut forged_reset = command("forged-reset", CampaignAction::Reset);
+    if let RequestEvent::CampaignCommand(c) = &mut forged_reset {
+        c.auth = Some("00".repeat(32));
+    }
+    let other: seckill_schemas::CampaignSpec =
+        serde_json::from_value(CampaignArgs::new(format!("{cid}-shadow"), 10, 1).body())
+            .expect("a campaign spec");
+    let mut wrong_key = RequestEvent::UpsertCampaign(UpsertCampaign {
+        schema_version: 1,
+        request_id: "forged-create".into(),
+        campaign: other.clone(),
+        requested_at_ms: None,
+        auth: None,
+    });
+    wrong_key.sign(b"not-the-command-key-at-all");
+    let mut signed_reset = command("signed-reset", CampaignAction::Reset);
+    signed_reset.sign(key.trim_ascii());
+    let producer = stack.producer();
+    for e in [&unsigned_close, &forged_reset, &wrong_key, &signed_reset] {
+        let payload = serde_json::to_vec(e).expect("json");
+        send_at(&producer, &stack.topics.requests, e.campaign_id(), &payload, None).await;
+    }
+
+    let dlq = read_topic(&stack, &stack.topics.requests_dlq, 4, Duration::from_secs(60)).await;
+    let classes: HashMap<String, String> = dlq
+        .iter()
+        .map(|m| {
+            let e: RequestEvent = serde_json::from_slice(m.payload().unwrap_or_default())
+                .expect("a request event");
+            let h = headers_of(m);
+            (
+                e.request_id().to_owned(),
+                h.get("seckill-error-class").cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    eprintln!("requests DLQ: {classes:?}");
+    assert_eq!(classes.len(), 4, "{classes:?}");
+    for rid in ["forged-close", "forged-reset", "forged-create"] {
+        assert_eq!(
+            classes.get(rid).map(String::as_str),
+            Some("unauthenticated"),
+            "{classes:?}"
+        );
+    }
+    assert_eq!(
+        classes.get("signed-reset").map(String::as_str),
+        Some("permanent"),
+        "{classes:?}"
+    );
+
+    // Nothing changed: the campaign is open, alice's order stands, the
+    // shadow campaign does not exist.
+    let after = api.purchase_decided(&cid, "bob", "b1", None).await;
+    assert_eq!(after.status, DecisionStatus::Reserved, "{after:?}");
+    let again = api.purchase_decided(&cid, "alice", "a2", None).await;
+    assert_eq!(again.status, DecisionStatus::Duplicate, "{again:?}");
+    let checker = Checker::new(&stack).await;
+    assert_eq!(checker.orders(&cid).await.len(), 2);
+    assert!(api.campaign(&other.id).await.is_err(), "the forged create made a campaign");
+}

@@ -196,14 +196,58 @@ pub(crate) struct IngestArgs {
     /// Largest request body accepted.
     #[arg(long, env = "SECKILL_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub(crate) max_body_bytes: usize,
-    /// Allow `POST /v1/campaigns/{id}/reset`: for test environments only.
-    #[arg(long, env = "SECKILL_ENABLE_RESET", default_value_t = false)]
-    pub(crate) enable_reset: bool,
     /// Seconds a processor or sink group may commit nothing while messages
     /// wait before it counts as stalled: logged, and `/readyz` fails (0:
     /// not watched).
     #[arg(long, env = "SECKILL_STALL_SECS", default_value_t = 30)]
     pub(crate) stall_secs: u64,
+}
+
+/// What may change a campaign through the requests topic.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct CommandArgs {
+    /// Files holding the command keys, comma-separated: the first signs the
+    /// commands this process sends, any of them verifies one (list the new
+    /// key first and keep the old one while rotating). At least 16 bytes of
+    /// secret each; `scripts/run` creates `data/command.key`.
+    #[arg(long, env = "SECKILL_COMMAND_KEY_FILE", value_delimiter = ',')]
+    pub(crate) command_key_file: Vec<std::path::PathBuf>,
+    /// Allow resets (`POST /v1/campaigns/{id}/reset`, and deciding a reset
+    /// command): for test environments only.
+    #[arg(long, env = "SECKILL_ENABLE_RESET", default_value_t = false)]
+    pub(crate) enable_reset: bool,
+}
+
+impl CommandArgs {
+    /// The command keys, the signing one first.
+    pub(crate) fn keys(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+        use anyhow::Context;
+        if self.command_key_file.is_empty() {
+            anyhow::bail!(
+                "commands on the requests topic are authenticated: set SECKILL_COMMAND_KEY_FILE \
+                 (or --command-key-file) to a file holding a secret of at least {} bytes, the \
+                 same for ingest, the processors and `seckill reconcile` (e.g. `head -c 32 \
+                 /dev/urandom | base64 > command.key`; scripts/run creates data/command.key)",
+                seckill_schemas::MIN_KEY_BYTES
+            );
+        }
+        let mut keys = Vec::new();
+        for path in &self.command_key_file {
+            let raw = std::fs::read(path)
+                .with_context(|| format!("reading the command key {}", path.display()))?;
+            let key = raw.trim_ascii().to_vec();
+            if key.len() < seckill_schemas::MIN_KEY_BYTES {
+                anyhow::bail!(
+                    "the command key {} holds {} bytes; use at least {} bytes of secret",
+                    path.display(),
+                    key.len(),
+                    seckill_schemas::MIN_KEY_BYTES
+                );
+            }
+            keys.push(key);
+        }
+        Ok(keys)
+    }
 }
 
 /// Consumer group `seckill dlq replay` keeps its position in.

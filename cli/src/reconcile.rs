@@ -19,7 +19,7 @@ use seckill_schemas::{
     OrderEvent, OrderStatus, RequestEvent, SCHEMA_VERSION,
 };
 
-use crate::args::{KafkaArgs, RedisArgs, StoreArgs};
+use crate::args::{CommandArgs, KafkaArgs, RedisArgs, StoreArgs};
 use seckill_cli::topic::read_range;
 
 #[derive(Debug, Args)]
@@ -30,6 +30,9 @@ pub(crate) struct ReconcileCmd {
     redis: RedisArgs,
     #[command(flatten)]
     store: StoreArgs,
+    /// The command key signs a repair's fence.
+    #[command(flatten)]
+    commands: CommandArgs,
     /// The campaign to check.
     campaign: String,
     /// Rewrite the campaign's Redis state from the store and the log. The
@@ -348,7 +351,7 @@ impl ReconcileCmd {
         let hold = std::time::Duration::from_secs(self.fence_secs);
         let until_ms = redis_now_ms(redis).await? + hold.as_millis() as i64;
         let request_id = format!("repair-{token}");
-        let event = RequestEvent::CampaignCommand(CampaignCommand {
+        let mut event = RequestEvent::CampaignCommand(CampaignCommand {
             schema_version: SCHEMA_VERSION,
             request_id: request_id.clone(),
             campaign_id: cid.clone(),
@@ -357,7 +360,9 @@ impl ReconcileCmd {
                 until_ms,
             },
             requested_at_ms: None,
+            auth: None,
         });
+        event.sign(&self.commands.keys()?[0]);
         let payload = serde_json::to_vec(&event)?;
         let topic = self.kafka.topics().requests;
         let producer = self.kafka.settings().producer(10_000)?;

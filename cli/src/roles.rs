@@ -20,7 +20,9 @@ use seckill_schemas::Topics;
 use seckill_sinks::SinkConfig;
 use seckill_store::{open_store, FaultInjection, OrderStore};
 
-use crate::args::{IngestArgs, KafkaArgs, ProcessArgs, RedisArgs, SinkArgs, StoreArgs};
+use crate::args::{
+    CommandArgs, IngestArgs, KafkaArgs, ProcessArgs, RedisArgs, SinkArgs, StoreArgs,
+};
 
 #[derive(Debug, Args)]
 pub(crate) struct AllCmd {
@@ -36,6 +38,8 @@ pub(crate) struct AllCmd {
     process: ProcessArgs,
     #[command(flatten)]
     sink: SinkArgs,
+    #[command(flatten)]
+    commands: CommandArgs,
     #[command(flatten)]
     shutdown: ShutdownArgs,
     /// This is the only seckill process on these topics (the local stack):
@@ -57,6 +61,8 @@ pub(crate) struct IngestCmd {
     #[command(flatten)]
     ingest: IngestArgs,
     #[command(flatten)]
+    commands: CommandArgs,
+    #[command(flatten)]
     shutdown: ShutdownArgs,
 }
 
@@ -68,6 +74,8 @@ pub(crate) struct ProcessCmd {
     redis: RedisArgs,
     #[command(flatten)]
     process: ProcessArgs,
+    #[command(flatten)]
+    commands: CommandArgs,
     /// Where /metrics and /healthz are served.
     #[arg(long, env = "SECKILL_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     metrics_addr: SocketAddr,
@@ -125,8 +133,13 @@ struct TopicsCreate {
     kafka: KafkaArgs,
 }
 
-fn processor_config(k: &KafkaArgs, r: &RedisArgs, p: &ProcessArgs) -> ProcessorConfig {
-    ProcessorConfig {
+fn processor_config(
+    k: &KafkaArgs,
+    r: &RedisArgs,
+    p: &ProcessArgs,
+    c: &CommandArgs,
+) -> anyhow::Result<ProcessorConfig> {
+    Ok(ProcessorConfig {
         kafka: k.settings(),
         redis_url: r.redis_url.clone(),
         topics: k.topics(),
@@ -137,7 +150,9 @@ fn processor_config(k: &KafkaArgs, r: &RedisArgs, p: &ProcessArgs) -> ProcessorC
         decision_ttl_secs: p.decision_ttl_secs,
         expiry_interval_ms: p.expiry_interval_ms,
         campaign_retention_secs: p.campaign_retention_secs,
-    }
+        command_keys: c.keys()?,
+        enable_reset: c.enable_reset,
+    })
 }
 
 fn sink_config(k: &KafkaArgs, s: &SinkArgs) -> SinkConfig {
@@ -151,8 +166,13 @@ fn sink_config(k: &KafkaArgs, s: &SinkArgs) -> SinkConfig {
     }
 }
 
-fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
-    IngestConfig {
+fn ingest_config(
+    k: &KafkaArgs,
+    r: &RedisArgs,
+    i: &IngestArgs,
+    c: &CommandArgs,
+) -> anyhow::Result<IngestConfig> {
+    Ok(IngestConfig {
         http_addr: i.http_addr,
         kafka: k.settings(),
         redis_url: r.redis_url.clone(),
@@ -166,7 +186,8 @@ fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
         admin_token: i.admin_token.clone(),
         campaign_cache_ms: i.campaign_cache_ms,
         max_body_bytes: i.max_body_bytes,
-        enable_reset: i.enable_reset,
+        enable_reset: c.enable_reset,
+        command_key: c.keys()?.swap_remove(0),
         watch: vec![
             seckill_kafka::Watched {
                 group: Topics::processors_group(&k.topic_prefix),
@@ -180,7 +201,7 @@ fn ingest_config(k: &KafkaArgs, r: &RedisArgs, i: &IngestArgs) -> IngestConfig {
             },
         ],
         stall_after: std::time::Duration::from_secs(i.stall_secs),
-    }
+    })
 }
 
 async fn create_topics(k: &KafkaArgs) -> anyhow::Result<Vec<TopicReport>> {
@@ -388,7 +409,7 @@ impl AllCmd {
         let store = store(&self.store).await?;
         let cancel = CancellationToken::new();
         let mut roles = Roles::default();
-        let mut pc = processor_config(&self.kafka, &self.redis, &self.process);
+        let mut pc = processor_config(&self.kafka, &self.redis, &self.process, &self.commands)?;
         pc.kafka.solo = self.solo;
         let c = cancel.clone();
         roles.spawn("processor", async move {
@@ -401,7 +422,7 @@ impl AllCmd {
             "sink",
             async move { Ok(seckill_sinks::run(sc, s, c).await?) },
         );
-        let ic = ingest_config(&self.kafka, &self.redis, &self.ingest);
+        let ic = ingest_config(&self.kafka, &self.redis, &self.ingest, &self.commands)?;
         let c = cancel.clone();
         roles.spawn("ingest", async move {
             Ok(seckill_ingest::serve(ic, store, c).await?)
@@ -416,7 +437,7 @@ impl IngestCmd {
         let store = store(&self.store).await?;
         let cancel = CancellationToken::new();
         let mut roles = Roles::default();
-        let ic = ingest_config(&self.kafka, &self.redis, &self.ingest);
+        let ic = ingest_config(&self.kafka, &self.redis, &self.ingest, &self.commands)?;
         let c = cancel.clone();
         roles.spawn("ingest", async move {
             Ok(seckill_ingest::serve(ic, store, c).await?)
@@ -430,7 +451,7 @@ impl ProcessCmd {
         let cancel = CancellationToken::new();
         let mut roles = Roles::default();
         serve_metrics(&mut roles, self.metrics_addr, cancel.clone());
-        let pc = processor_config(&self.kafka, &self.redis, &self.process);
+        let pc = processor_config(&self.kafka, &self.redis, &self.process, &self.commands)?;
         let c = cancel.clone();
         roles.spawn("processor", async move {
             Ok(seckill_processors::run(pc, c).await?)

@@ -31,6 +31,9 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Allow `POST /v1/campaigns/{id}/reset` (test environments only).
     pub enable_reset: bool,
+    /// The key this gateway signs its commands with (see `seckill_schemas`
+    /// `auth`).
+    pub command_key: Vec<u8>,
     /// The consumer groups behind this gateway (processors, sinks) whose
     /// progress `/readyz` answers for.
     pub watch: Vec<Watched>,

@@ -59,13 +59,21 @@ impl Batch {
     /// Parses `messages` and groups the requests by campaign, keeping offset
     /// order inside each campaign. `partitions` is the topic's partition
     /// count (0 when unknown: then placement is not checked).
-    pub(crate) fn new(messages: Vec<OwnedMessage>, partitions: i32) -> Self {
+    /// `keys` are the command keys; a command that none of them
+    /// authenticates, or a reset while `enable_reset` is off, can never be
+    /// decided.
+    pub(crate) fn new(
+        messages: Vec<OwnedMessage>,
+        partitions: i32,
+        keys: &[Vec<u8>],
+        enable_reset: bool,
+    ) -> Self {
         let mut campaigns: Vec<CampaignPart> = Vec::new();
         let mut slots: HashMap<String, usize> = HashMap::new();
         let mut undecidable = Vec::new();
         let mut misplaced = Vec::new();
         for (at, m) in messages.iter().enumerate() {
-            let event = match parse(m) {
+            let event = match parse(m).and_then(|e| admit(e, keys, enable_reset)) {
                 Ok(event) => event,
                 Err((class, reason)) => {
                     undecidable.push(Undecidable { at, class, reason });
@@ -127,6 +135,29 @@ fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
                 event.campaign_id()
             ),
         ));
+    }
+    Ok(event)
+}
+
+/// Whether this processor may decide `event`: a command must carry a valid
+/// authenticator, and a reset needs the processor's own consent.
+fn admit(
+    event: RequestEvent,
+    keys: &[Vec<u8>],
+    enable_reset: bool,
+) -> Result<RequestEvent, (ErrorClass, String)> {
+    event
+        .verify(keys)
+        .map_err(|e| (ErrorClass::Unauthenticated, e.to_string()))?;
+    if let RequestEvent::CampaignCommand(c) = &event {
+        if matches!(c.action, seckill_schemas::CampaignAction::Reset) && !enable_reset {
+            return Err((
+                ErrorClass::Permanent,
+                "reset is disabled on this processor (SECKILL_ENABLE_RESET is for test \
+                 environments)"
+                    .to_owned(),
+            ));
+        }
     }
     Ok(event)
 }

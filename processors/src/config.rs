@@ -23,4 +23,10 @@ pub struct ProcessorConfig {
     /// How long a closed or ended campaign keeps its per-request and
     /// per-order records in Redis (its meta, stock and prizes stay).
     pub campaign_retention_secs: u64,
+    /// Keys a command's authenticator may be made with (see
+    /// `seckill_schemas` `auth`); a command matching none is dead-lettered.
+    pub command_keys: Vec<Vec<u8>>,
+    /// Decide resets (test environments only); otherwise a reset command is
+    /// dead-lettered.
+    pub enable_reset: bool,
 }

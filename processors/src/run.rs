@@ -98,7 +98,13 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     {
         internal_events::batch_received(messages.len());
         let partitions = worker.partition_count().await;
-        let Some(decided) = worker.decide(Batch::new(messages, partitions)).await else {
+        let batch = Batch::new(
+            messages,
+            partitions,
+            &config.command_keys,
+            config.enable_reset,
+        );
+        let Some(decided) = worker.decide(batch).await else {
             break;
         };
         worker.batch_unsettled();

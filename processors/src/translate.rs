@@ -335,6 +335,7 @@ mod tests {
             user_id: "u1".into(),
             action,
             requested_at_ms: None,
+            auth: None,
         })
     }
 

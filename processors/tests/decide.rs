@@ -133,6 +133,7 @@ fn create_event(spec: &CampaignSpec) -> RequestEvent {
         request_id: format!("create-{}-{}", spec.id, spec.stock),
         campaign: spec.clone(),
         requested_at_ms: None,
+        auth: None,
     })
 }
 
@@ -163,6 +164,7 @@ fn order_cmd(
         user_id: user.into(),
         action,
         requested_at_ms: None,
+        auth: None,
     })
 }
 
@@ -173,6 +175,7 @@ fn admin(id: &str, request: &str, action: CampaignAction) -> RequestEvent {
         campaign_id: id.into(),
         action,
         requested_at_ms: None,
+        auth: None,
     })
 }
 

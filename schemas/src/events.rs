@@ -84,6 +84,9 @@ pub struct UpsertCampaign {
     pub campaign: CampaignSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at_ms: Option<i64>,
+    /// HMAC-SHA256 of the command under the command key (see `auth.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// An admin change to a campaign.
@@ -95,6 +98,9 @@ pub struct CampaignCommand {
     pub action: CampaignAction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at_ms: Option<i64>,
+    /// HMAC-SHA256 of the command under the command key (see `auth.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// What an admin does to a campaign.
@@ -153,6 +159,9 @@ pub struct OrderCommand {
     pub action: OrderAction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at_ms: Option<i64>,
+    /// HMAC-SHA256 of the command under the command key (see `auth.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// Expire the campaign's reservations whose payment deadline has passed

@@ -12,6 +12,7 @@
 
 mod api;
 mod campaign;
+mod auth;
 mod events;
 mod ids;
 mod reason;
@@ -35,6 +36,7 @@ pub use events::{
     FulfilmentRequested, OrderAction, OrderChanged, OrderCommand, OrderCommandRejected, OrderEvent,
     OrderRow, PurchaseRequested, Rejected, RequestEvent, Reserved, UpsertCampaign,
 };
+pub use auth::{AuthError, MIN_KEY_BYTES};
 pub use ids::{draw_point, order_id_for, request_id_for_key};
 pub use reason::{RefusalReason, UnknownReason};
 pub use rules::{Attributes, CompareOp, Rule};

@@ -535,6 +535,7 @@ impl Stack {
         let topic_prefix = format!("t{}", token(10));
         let key_prefix = format!("k{}", token(10));
         let store_path = dir.path().join("orders.db");
+        std::fs::write(dir.path().join("command.key"), token(32)).expect("write command.key");
         Stack {
             redis,
             tansu,
@@ -597,6 +598,11 @@ impl Stack {
         format!("redis://127.0.0.1:{}", self.redis_port)
     }
 
+    /// The command key every role of this stack shares.
+    pub(crate) fn command_key_path(&self) -> String {
+        self.dir.path().join("command.key").display().to_string()
+    }
+
     pub(crate) fn store_url(&self) -> String {
         format!("sqlite://{}", self.store_path.display())
     }
@@ -625,6 +631,7 @@ impl Stack {
                 SESSION_TIMEOUT_MS.to_string(),
             ),
             ("SECKILL_RATE_LIMIT_PER_USER", "100000".to_owned()),
+            ("SECKILL_COMMAND_KEY_FILE", self.command_key_path()),
             ("SECKILL_LOG", log),
         ]
         .into_iter()

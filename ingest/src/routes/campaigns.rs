@@ -117,6 +117,7 @@ async fn create_inner(
         request_id: request_id.clone(),
         campaign: spec.clone(),
         requested_at_ms: Some(now_ms()),
+        auth: None,
     });
     let check = || {
         let mut con = app.redis.clone();
@@ -193,6 +194,7 @@ async fn command(
         campaign_id: id.to_owned(),
         action,
         requested_at_ms: Some(now_ms()),
+        auth: None,
     });
     let check = || async { read_result::<CampaignApplied>(app, &request_id).await };
     let pick = |w| match w {

@@ -190,6 +190,7 @@ async fn order_command(
         user_id: user,
         action,
         requested_at_ms: Some(now_ms()),
+        auth: None,
     });
     let pick = |w| match w {
         Wakeup::Order(r) => Some(r),

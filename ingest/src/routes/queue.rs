@@ -18,8 +18,16 @@ use crate::state::App;
 /// Produces `event` keyed by its campaign and waits for the broker's
 /// acknowledgement. Without one the request's fate is unknown, and the
 /// client is told so (503 with the request id), never told it failed.
+/// A command goes out signed with the command key (purchases need none).
 pub(crate) async fn enqueue(app: &App, event: &RequestEvent) -> Result<(), Problem> {
-    let payload = serde_json::to_vec(event).unwrap_or_default();
+    let payload = if event.needs_auth() {
+        let mut signed = event.clone();
+        signed.sign(&app.config.command_key);
+        serde_json::to_vec(&signed)
+    } else {
+        serde_json::to_vec(event)
+    }
+    .unwrap_or_default();
     let record = FutureRecord::to(&app.config.topics.requests)
         .key(event.campaign_id())
         .payload(&payload);

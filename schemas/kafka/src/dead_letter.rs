@@ -53,6 +53,9 @@ pub enum ErrorClass {
     Permanent,
     /// Not readable at all: DLQ.
     Unparseable,
+    /// A command without a valid authenticator (see `seckill_schemas`
+    /// `auth`): DLQ, and it changes nothing.
+    Unauthenticated,
 }
 
 impl ErrorClass {
@@ -61,6 +64,7 @@ impl ErrorClass {
             Self::Transient => "transient",
             Self::Permanent => "permanent",
             Self::Unparseable => "unparseable",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }
