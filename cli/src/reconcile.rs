@@ -375,7 +375,9 @@ impl ReconcileCmd {
             .map_err(|(e, _)| e)
             .with_context(|| format!("sending the repair fence to {topic}"))?;
         let meta = keys.campaign(cid).meta;
-        let deadline = tokio::time::Instant::now() + hold.saturating_sub(hold / 4);
+        // A quarter of the hold is left for reading the log and writing.
+        let wait = hold - hold / 4;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let ready: Option<String> = redis::cmd("HGET")
                 .arg(&meta)
@@ -390,7 +392,7 @@ impl ReconcileCmd {
                     "campaign {cid:?}: its processor did not reach the repair fence within {} s \
                      (is a processor running and keeping up with {topic}?); nothing was written, \
                      and the campaign's requests are held until the fence times out",
-                    (hold - hold / 4).as_secs()
+                    wait.as_secs()
                 );
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -43,14 +43,13 @@ impl RequestEvent {
         }
     }
 
-    /// The bytes the authenticator covers: the event with `auth` unset.
-    fn canonical(&self) -> Vec<u8> {
+    /// The authenticator the event carries, and the bytes it covers: the
+    /// event with `auth` unset.
+    fn split_auth(&self) -> (Option<String>, Vec<u8>) {
         let mut bare = self.clone();
-        if let Some(slot) = bare.auth_slot() {
-            *slot = None;
-        }
+        let given = bare.auth_slot().and_then(Option::take);
         // Plain data: encoding cannot fail.
-        serde_json::to_vec(&bare).unwrap_or_default()
+        (given, serde_json::to_vec(&bare).unwrap_or_default())
     }
 
     /// Signs the command with `key` (does nothing to a purchase).
@@ -58,7 +57,7 @@ impl RequestEvent {
         if !self.needs_auth() {
             return;
         }
-        let tag = tag(key, &self.canonical());
+        let tag = tag(key, &self.split_auth().1);
         if let Some(slot) = self.auth_slot() {
             *slot = Some(tag);
         }
@@ -70,20 +69,13 @@ impl RequestEvent {
         if !self.needs_auth() {
             return Ok(());
         }
-        let given = match self {
-            Self::UpsertCampaign(e) => e.auth.as_deref(),
-            Self::CampaignCommand(e) => e.auth.as_deref(),
-            Self::OrderCommand(e) => e.auth.as_deref(),
-            Self::PurchaseRequested(_) | Self::ExpireDue(_) => None,
+        let (given, canonical) = self.split_auth();
+        let Some(given) = given else {
+            return Err(AuthError::Missing);
         };
-        let Some(given) = given.and_then(|g| hex_decode(g)) else {
-            return Err(if given.is_some() {
-                AuthError::Wrong
-            } else {
-                AuthError::Missing
-            });
+        let Some(given) = hex_decode(&given) else {
+            return Err(AuthError::Wrong);
         };
-        let canonical = self.canonical();
         for key in keys {
             let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
             mac.update(&canonical);

@@ -71,8 +71,10 @@ struct Seen {
     stuck_since: Option<Instant>,
 }
 
-/// Per partition: the group's next offset and the high watermark.
-fn progress(
+/// Per partition of `topic`: (partition, the group's next offset to read
+/// (its committed offset, else the low watermark), high watermark), as
+/// `consumer`'s group stands. Also what the group watchdog reads.
+pub(crate) fn progress(
     consumer: &KafkaConsumer,
     topic: &str,
     timeout: Duration,

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::KafkaConsumer;
@@ -130,28 +129,8 @@ impl GroupView {
 }
 
 fn group_view(probe: &KafkaConsumer, topic: &str) -> Result<GroupView, KafkaError> {
-    let timeout = Duration::from_secs(5);
-    let metadata = probe.fetch_metadata(Some(topic), timeout)?;
-    let mut wanted = TopicPartitionList::new();
-    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            wanted.add_partition(topic, p.id());
-        }
-    }
-    let committed = probe.committed_offsets(wanted.clone(), timeout)?;
-    let mut progress = Vec::new();
-    for e in wanted.elements() {
-        let (low, high) = probe.fetch_watermarks(topic, e.partition(), timeout)?;
-        let next = match committed
-            .find_partition(topic, e.partition())
-            .map(|c| c.offset())
-        {
-            Some(Offset::Offset(o)) => o,
-            _ => low,
-        };
-        progress.push((e.partition(), next, high));
-    }
-    Ok(GroupView { progress })
+    crate::progress::progress(probe, topic, Duration::from_secs(5))
+        .map(|progress| GroupView { progress })
 }
 
 #[cfg(test)]
