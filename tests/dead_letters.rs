@@ -831,15 +831,28 @@ async fn forged_commands_on_the_topic_change_nothing_and_land_in_the_dlq_as_unau
     let producer = stack.producer();
     for e in [&unsigned_close, &forged_reset, &wrong_key, &signed_reset] {
         let payload = serde_json::to_vec(e).expect("json");
-        send_at(&producer, &stack.topics.requests, e.campaign_id(), &payload, None).await;
+        send_at(
+            &producer,
+            &stack.topics.requests,
+            e.campaign_id(),
+            &payload,
+            None,
+        )
+        .await;
     }
 
-    let dlq = read_topic(&stack, &stack.topics.requests_dlq, 4, Duration::from_secs(60)).await;
+    let dlq = read_topic(
+        &stack,
+        &stack.topics.requests_dlq,
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
     let classes: HashMap<String, String> = dlq
         .iter()
         .map(|m| {
-            let e: RequestEvent = serde_json::from_slice(m.payload().unwrap_or_default())
-                .expect("a request event");
+            let e: RequestEvent =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("a request event");
             let h = headers_of(m);
             (
                 e.request_id().to_owned(),
@@ -870,5 +883,8 @@ async fn forged_commands_on_the_topic_change_nothing_and_land_in_the_dlq_as_unau
     assert_eq!(again.status, DecisionStatus::Duplicate, "{again:?}");
     let checker = Checker::new(&stack).await;
     assert_eq!(checker.orders(&cid).await.len(), 2);
-    assert!(api.campaign(&other.id).await.is_err(), "the forged create made a campaign");
+    assert!(
+        api.campaign(&other.id).await.is_err(),
+        "the forged create made a campaign"
+    );
 }

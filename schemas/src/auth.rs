@@ -126,7 +126,10 @@ mod tests {
 
     #[test]
     fn a_signed_command_verifies_under_any_of_the_keys_and_nothing_else() {
-        let (old, new) = (b"old-key-0123456789".to_vec(), b"new-key-0123456789".to_vec());
+        let (old, new) = (
+            b"old-key-0123456789".to_vec(),
+            b"new-key-0123456789".to_vec(),
+        );
         let mut e = close();
         assert_eq!(e.verify(&[new.clone()]), Err(AuthError::Missing));
         e.sign(&new);
@@ -134,8 +137,7 @@ mod tests {
         assert_eq!(e.verify(&[old.clone(), new.clone()]), Ok(()));
         assert_eq!(e.verify(&[old.clone()]), Err(AuthError::Wrong));
         // Survives the trip through the topic.
-        let back: RequestEvent =
-            serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
+        let back: RequestEvent = serde_json::from_slice(&serde_json::to_vec(&e).unwrap()).unwrap();
         assert_eq!(back.verify(&[new.clone()]), Ok(()));
         // Any change to the command breaks it.
         let mut changed = back.clone();

@@ -11,8 +11,8 @@
 //! which a person types, reject them so typos are caught.
 
 mod api;
-mod campaign;
 mod auth;
+mod campaign;
 mod events;
 mod ids;
 mod reason;
@@ -27,6 +27,7 @@ pub use api::{
     AddStockBody, Decision, DecisionStatus, OrderCommandResult, OrderStatus, OrderView,
     PurchaseBody, RequestAccepted, UnknownStatus, UserParticipation,
 };
+pub use auth::{AuthError, MIN_KEY_BYTES};
 pub use campaign::{
     AwardType, CampaignKind, CampaignSpec, CampaignState, CampaignView, DrawStrategy, PrizeSpec,
     PrizeStock, StockView,
@@ -36,7 +37,6 @@ pub use events::{
     FulfilmentRequested, OrderAction, OrderChanged, OrderCommand, OrderCommandRejected, OrderEvent,
     OrderRow, PurchaseRequested, Rejected, RequestEvent, Reserved, UpsertCampaign,
 };
-pub use auth::{AuthError, MIN_KEY_BYTES};
 pub use ids::{draw_point, order_id_for, request_id_for_key};
 pub use reason::{RefusalReason, UnknownReason};
 pub use rules::{Attributes, CompareOp, Rule};
