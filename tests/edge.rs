@@ -744,13 +744,15 @@ async fn ingest_refuses_what_processors_would_dead_letter_and_keys_are_scoped_pe
     api.create_campaign(&CampaignArgs::new(&c1, 10, 1)).await;
     api.create_campaign(&CampaignArgs::new(&c2, 10, 1)).await;
 
+    // 40 attributes (the processors take 32), in the caller's token.
     let attributes: serde_json::Map<String, serde_json::Value> =
         (0..40).map(|i| (format!("a{i}"), json!(i))).collect();
+    let auth = Api::bearer_with("alice", &[], Some(&json!(attributes)));
     let reply = api
         .post(
             "/v1/purchases",
-            &json!({ "campaign_id": c1, "attributes": attributes }),
-            &[("X-User-Id", "alice"), ("Idempotency-Key", "too-many")],
+            &json!({ "campaign_id": c1 }),
+            &[("Authorization", &auth), ("Idempotency-Key", "too-many")],
         )
         .await
         .expect("POST /v1/purchases");

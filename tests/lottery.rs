@@ -5,7 +5,9 @@
 //!
 //! | guarantee | test |
 //! | --- | --- |
-//! | every draw is the one its (seed, request id) point gives; win rate and prize mix as configured; strategies after a sell-out; a redelivered draw repeats its result | `lottery_20000_draws_match_win_rate_prize_mix_strategies_and_redelivery_repeats` |
+//! | every draw is the one its (draw secret, request id) point gives, the secret being the one revealed at close, which matches the commitment shown from creation; win rate and prize mix as configured; strategies after a sell-out; a redelivered draw repeats its result | `lottery_20000_draws_match_win_rate_prize_mix_strategies_and_redelivery_repeats` |
+//! | draws are unpredictable: Idempotency-Keys chosen offline to win under the old public-seed scheme win no more than chance (2,000 draws at 0.1 inside the two-sided 99.9 % binomial interval); the secret is in no Redis value and no topic message while the campaign is open, only its commitment is shown; it is revealed at close and then buys nothing; a definition with `seed` is refused, saying why | `adversarial_idempotency_keys_win_no_more_than_chance_while_the_draw_secret_is_unknown` |
+//! | `seckill verify-draws` refuses before close; after close it verifies every draw (prize table run down, stock added to a prize, prizes returned by cancels) and every stored order, and fails naming the order when a store row is tampered with and the request when a winning decision is forged on the orders topic | `verify_draws_passes_after_close_and_names_a_tampered_order_and_a_forged_win` |
 //! | an eligibility rule tree gives the same answers over HTTP and Kafka | `eligibility_rule_tree_gives_the_same_answers_over_http_and_kafka` |
 //! | participation and stats report current holdings and attempts; `max_attempts_per_user` refuses the next draw | `participation_and_stats_endpoints_report_current_holdings_and_attempts` |
 //!
@@ -26,12 +28,14 @@ use common::sale::{
     participation, produce_purchases, stats, wait_decided,
 };
 use common::{
-    assert_clean, assert_none, check_campaign, eventually, new_request_id, purchase_json,
-    read_decisions, token, Api, Stack,
+    assert_clean, assert_none, check_campaign, eventually, last_json, new_request_id,
+    purchase_json, read_decisions, read_topic, token, Api, Stack,
 };
+use rdkafka::message::Message;
 use seckill_schemas::{
-    draw_point, order_id_for, CampaignSpec, CampaignState, CampaignView, Decision, DecisionStatus,
-    DrawStrategy, PrizeSpec, RefusalReason,
+    draw_point, now_ms, order_id_for, request_id_for_key, CampaignSpec, CampaignState,
+    CampaignView, Decision, DecisionStatus, DrawSecret, DrawStrategy, OrderEvent, PrizeSpec,
+    RefusalReason, Reserved,
 };
 
 // ---------------------------------------------------------------------------
@@ -176,7 +180,6 @@ async fn lottery_20000_draws_match_win_rate_prize_mix_strategies_and_redelivery_
                 "kind": "lottery",
                 "price": 0,
                 "strategy": strategy,
-                "seed": format!("seed-{id}"),
                 "prizes": [
                     {"id": "rare", "name": "Rare", "stock": RARE, "probability": 0.1},
                     {"id": "common", "name": "Common", "stock": M, "probability": 0.1},
@@ -285,11 +288,22 @@ async fn lottery_20000_draws_match_win_rate_prize_mix_strategies_and_redelivery_
         );
     }
 
+    // Close the three lotteries: their views reveal the draw secrets, each
+    // the one its commitment (shown from creation) commits to.
+    let mut secrets: HashMap<String, DrawSecret> = HashMap::new();
+    for open in [&mix_view, &fixed_view, &renorm_view] {
+        let closed = close(&api, &open.id).await;
+        secrets.insert(open.id.clone(), revealed(&stack, open, &closed));
+    }
+
     // Every draw is the one the rules give for its point.
     let check = |view: &CampaignView, list: &[(String, String)]| -> (Vec<Sim>, Vec<String>) {
         let spec: &CampaignSpec = &view.definition;
-        let seed = spec.seed.clone().unwrap_or_else(|| spec.id.clone());
-        let points: Vec<f64> = list.iter().map(|(rid, _)| draw_point(&seed, rid)).collect();
+        let secret = secrets[&spec.id].to_hex();
+        let points: Vec<f64> = list
+            .iter()
+            .map(|(rid, _)| draw_point(&secret, rid))
+            .collect();
         let (want, close) = simulate(
             &spec.draw_table(),
             spec.strategy.unwrap_or_default(),
@@ -485,6 +499,540 @@ async fn lottery_20000_draws_match_win_rate_prize_mix_strategies_and_redelivery_
             check_campaign(&stack, &api, &log, cid, &expected, Duration::from_secs(120)).await;
         assert_clean(&report);
     }
+    drop(all);
+}
+
+/// The draw key the stack's ingest and processors share.
+fn draw_key(stack: &Stack) -> Vec<u8> {
+    std::fs::read(stack.draw_key_path())
+        .expect("read the stack's draw key")
+        .trim_ascii()
+        .to_vec()
+}
+
+/// Closes a campaign as the operator; returns the closed view.
+async fn close(api: &Api, cid: &str) -> CampaignView {
+    let r = api
+        .post(&format!("/v1/campaigns/{cid}/close"), &json!({}), &[])
+        .await
+        .unwrap_or_else(|e| panic!("close {cid}: {e}"));
+    assert_eq!(r.status, 200, "close {cid}: {}", r.body);
+    let v = api.campaign(cid).await.expect("view");
+    assert_eq!(v.state, CampaignState::Closed, "{v:?}");
+    v
+}
+
+/// The draw secret a closed lottery reveals, checked: the view of the open
+/// campaign showed the commitment and no secret; the closed one shows the
+/// same commitment and a secret that matches it, the one derived from the
+/// stack's draw key.
+fn revealed(stack: &Stack, open: &CampaignView, closed: &CampaignView) -> DrawSecret {
+    let commitment = open
+        .draw_commitment
+        .clone()
+        .unwrap_or_else(|| panic!("{}: no draw commitment while open: {open:?}", open.id));
+    assert_eq!(
+        open.draw_secret, None,
+        "{}: the secret is shown while open",
+        open.id
+    );
+    assert_eq!(closed.draw_commitment.as_ref(), Some(&commitment));
+    let hex = closed
+        .draw_secret
+        .as_deref()
+        .unwrap_or_else(|| panic!("{}: no draw secret once closed: {closed:?}", closed.id));
+    let secret = DrawSecret::from_hex(hex).expect("64 hex digits");
+    assert!(
+        secret.matches(&commitment),
+        "{}: secret vs commitment",
+        open.id
+    );
+    assert_eq!(secret, DrawSecret::derive(&draw_key(stack), &open.id));
+    secret
+}
+
+/// Binomial(n, p)'s two-sided interval at `level`: the largest `lo` and
+/// smallest `hi` with P(X < lo) <= (1 - level) / 2 and P(X > hi) <=
+/// (1 - level) / 2, from the exact probabilities.
+fn binomial_interval(n: usize, p: f64, level: f64) -> (usize, usize) {
+    let tail = (1.0 - level) / 2.0;
+    let mut ln_fact = vec![0.0f64; n + 1];
+    for i in 1..=n {
+        ln_fact[i] = ln_fact[i - 1] + (i as f64).ln();
+    }
+    let pmf = |k: usize| {
+        (ln_fact[n] - ln_fact[k] - ln_fact[n - k]
+            + k as f64 * p.ln()
+            + (n - k) as f64 * (1.0 - p).ln())
+        .exp()
+    };
+    let (mut lo, mut below) = (0, 0.0);
+    while below + pmf(lo) <= tail {
+        below += pmf(lo);
+        lo += 1;
+    }
+    let (mut hi, mut above) = (n, 0.0);
+    while above + pmf(hi) <= tail {
+        above += pmf(hi);
+        hi -= 1;
+    }
+    (lo, hi)
+}
+
+/// Every Redis value and field, and every message of the requests and
+/// orders topics, that holds `needle`.
+async fn places_holding(stack: &Stack, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut con = stack.redis_con().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut con)
+        .await
+        .expect("KEYS");
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .expect("TYPE");
+        let values: Vec<String> = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut con).await,
+            "string" => redis::cmd("GET")
+                .arg(&key)
+                .query_async::<String>(&mut con)
+                .await
+                .map(|v| vec![v]),
+            "zset" => {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut con)
+                    .await
+            }
+            "set" => redis::cmd("SMEMBERS").arg(&key).query_async(&mut con).await,
+            "list" => {
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut con)
+                    .await
+            }
+            _ => Ok(Vec::new()),
+        }
+        .unwrap_or_else(|e| panic!("read {key}: {e}"));
+        if key.contains(needle) || values.iter().any(|v| v.contains(needle)) {
+            found.push(format!("redis {key}"));
+        }
+    }
+    for topic in [&stack.topics.requests, &stack.topics.orders] {
+        for m in read_topic(stack, topic, 1, Duration::from_secs(60)).await {
+            if String::from_utf8_lossy(m.payload().unwrap_or_default()).contains(needle) {
+                found.push(format!("{topic} {}/{}", m.partition(), m.offset()));
+            }
+        }
+    }
+    found
+}
+
+/// Lottery draws nobody can predict. Under the old scheme a draw was
+/// `draw_point(campaign id, request id)` and request ids derive from the
+/// client's Idempotency-Keys, so a client could search keys offline until
+/// each one won. Twenty users do exactly that: 100 keys each, every one a
+/// winner under the old scheme, 2,000 draws on a lottery at win_rate 0.1
+/// with stock for all of them (one over HTTP, which derives the request id
+/// from the key the same way; the rest straight to Kafka). With the draw
+/// secret unknown they win like anyone: within the two-sided 99.9 %
+/// binomial interval around 200 (all 2,000 would win under the old
+/// scheme), and exactly the draws the secret gives. While the campaign is
+/// open its view shows the commitment only, and the secret is in no Redis
+/// value and no topic message; closing reveals it (matching the
+/// commitment), and a key that wins under the revealed secret is then
+/// refused: the campaign is closed. A definition that still sends `seed`
+/// is refused with a message that says draws use a per-campaign secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_idempotency_keys_win_no_more_than_chance_while_the_draw_secret_is_unknown() {
+    const USERS: usize = 20;
+    const KEYS_PER_USER: usize = 100;
+    const N: usize = USERS * KEYS_PER_USER;
+    const RATE: f64 = 0.1;
+    let stack = Stack::start().await;
+    let all = stack.seckill(&["all"], &[]).await;
+    let api = Api::new(all.http.as_deref().expect("http"));
+    let producer = stack.producer();
+
+    // The public seed is gone, and saying so is the answer.
+    let seeded = api
+        .post_campaign(&campaign_body(
+            &format!("seeded-{}", token(6)),
+            10,
+            json!({ "kind": "lottery", "price": 0, "seed": "my-seed" }),
+        ))
+        .await;
+    assert_eq!(seeded.status, 400, "{}", seeded.body);
+    let why = seeded.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("\"seed\"") && why.contains("per-campaign secret"),
+        "{why}"
+    );
+
+    let cid = format!("odds-{}", token(6));
+    let open = create(
+        &api,
+        &campaign_body(
+            &cid,
+            N as u64,
+            json!({
+                "kind": "lottery",
+                "price": 0,
+                "win_rate": RATE,
+                "per_user_limit": KEYS_PER_USER,
+            }),
+        ),
+        CampaignState::Active,
+    )
+    .await;
+    let secret = DrawSecret::derive(&draw_key(&stack), &cid);
+    assert_eq!(open.draw_commitment, Some(secret.commitment()), "{open:?}");
+    assert_eq!(open.draw_secret, None, "{open:?}");
+
+    // Keys searched offline: each wins under the old public-seed scheme.
+    let mut picks: Vec<(String, String, String)> = Vec::with_capacity(N); // (rid, user, key)
+    for u in 0..USERS {
+        let user = format!("mallory-{u:02}");
+        let mut i = 0u64;
+        while picks.iter().filter(|p| p.1 == user).count() < KEYS_PER_USER {
+            let key = format!("key-{i}");
+            i += 1;
+            let rid = request_id_for_key(&user, &cid, &key);
+            if draw_point(&cid, &rid) < RATE {
+                picks.push((rid, user.clone(), key));
+            }
+        }
+    }
+    // Over HTTP, ingest derives the request id from the key as above.
+    let (rid0, user0, key0) = &picks[0];
+    let d = api.purchase_decided(&cid, user0, key0, None).await;
+    assert_eq!(&d.request_id, rid0, "ingest's request id for the key");
+    assert!(
+        matches!(d.status, DecisionStatus::Won | DecisionStatus::Lost),
+        "{d:?}"
+    );
+    let rest: Vec<(String, String)> = picks[1..]
+        .iter()
+        .map(|(rid, user, _)| (rid.clone(), user.clone()))
+        .collect();
+    produce_purchases(&stack, &producer, &cid, &rest).await;
+    wait_decided(&api, &cid, N as u64, Duration::from_secs(300)).await;
+
+    let log = read_decisions(
+        &stack.kafka(),
+        &stack.topics.orders,
+        N,
+        Duration::from_secs(120),
+    )
+    .await;
+    let mut wins = 0;
+    let mut off = Vec::new();
+    for (rid, user, _) in &picks {
+        let d = log
+            .first(rid)
+            .unwrap_or_else(|| panic!("no decision for {rid}"));
+        assert_eq!(&d.user_id, user);
+        let won = match d.status {
+            DecisionStatus::Won => true,
+            DecisionStatus::Lost => false,
+            other => panic!("a draw decided {other:?}: {d:?}"),
+        };
+        wins += usize::from(won);
+        if won != (secret.point(rid) < RATE) {
+            off.push(format!("{rid}: won={won}, point {}", secret.point(rid)));
+        }
+    }
+    let (lo, hi) = binomial_interval(N, RATE, 0.999);
+    eprintln!(
+        "{N} adversarial draws at {RATE}: {wins} won (99.9 % interval {lo}..={hi}; {N} under the \
+         public seed)"
+    );
+    assert!(
+        (lo..=hi).contains(&wins),
+        "{wins} of {N} keys chosen to win under the public seed won; chance gives {lo}..={hi}"
+    );
+    // And each draw is the one the secret gives.
+    assert_none("draws vs the (unknown) draw secret", &off);
+
+    // No client and no topic reader can learn the secret while it is open.
+    let holders = places_holding(&stack, &secret.to_hex()).await;
+    assert!(
+        holders.is_empty(),
+        "the draw secret is readable in {holders:?}"
+    );
+
+    // Closed: revealed, and worth nothing any more.
+    let closed = close(&api, &cid).await;
+    assert_eq!(revealed(&stack, &open, &closed), secret);
+    let late_key = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|k| secret.point(&request_id_for_key("late", &cid, k)) < RATE)
+        .expect("a winning key");
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the fast-path cache
+    let late = api.purchase_decided(&cid, "late", &late_key, None).await;
+    assert_eq!(
+        (late.status, late.reason),
+        (DecisionStatus::NotActive, Some(RefusalReason::Closed)),
+        "{late:?}"
+    );
+    drop(all);
+}
+
+/// A forged `confirmed` event: a free prize "won" by `request_id`.
+fn forged_win(cid: &str, request_id: &str, user: &str, prize: &str) -> Vec<u8> {
+    let e = OrderEvent::Confirmed(Reserved {
+        schema_version: 1,
+        request_id: request_id.to_owned(),
+        order_id: order_id_for(request_id),
+        campaign_id: cid.to_owned(),
+        user_id: user.to_owned(),
+        quantity: 1,
+        price: 0,
+        requested_at_ms: now_ms(),
+        decided_at_ms: now_ms(),
+        expires_at_ms: now_ms(),
+        prize_id: Some(prize.to_owned()),
+        item_name: "Gold".to_owned(),
+        award_type: Default::default(),
+    });
+    serde_json::to_vec(&e).expect("serialise")
+}
+
+/// `seckill verify-draws <cid>` with the stack's settings.
+async fn verify_draws(stack: &Stack, api: &Api, cid: &str) -> common::seckill::Exit {
+    stack
+        .seckill_exit(&["verify-draws", "--api", &api.base, cid], &[], 180)
+        .await
+}
+
+/// The orders of `cid` in the store once there are `n` of them.
+async fn stored(api: &Api, cid: &str, n: usize) -> Vec<seckill_schemas::OrderView> {
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || async {
+            let o = all_orders(api, cid).await;
+            if o.len() >= n {
+                Ok(o)
+            } else {
+                Err(o.len())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|got| panic!("{cid}: {got} orders in the store, want {n}"))
+}
+
+/// `seckill verify-draws` on a renormalizing lottery whose prize table runs
+/// down and back up: 400 draws sell both prizes out, three priced wins are
+/// cancelled (their units go back to the prize) and two units are added to
+/// the free prize, then 100 more draws take them. Before the close the
+/// command refuses (the secret is not revealed yet). After it, it checks
+/// every won and lost draw against the revealed secret and every stored
+/// order, and passes. A stored order's prize changed in the SQLite store
+/// makes it fail naming that order; put back, it passes again. A winning
+/// decision forged onto the orders topic (for a request whose point loses)
+/// makes it fail naming that request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_draws_passes_after_close_and_names_a_tampered_order_and_a_forged_win() {
+    let stack = Stack::start().await;
+    let all = stack.seckill(&["all"], &[]).await;
+    let api = Api::new(all.http.as_deref().expect("http"));
+    let producer = stack.producer();
+    let cid = format!("verify-{}", token(6));
+    create(
+        &api,
+        &campaign_body(
+            &cid,
+            3 + 100,
+            json!({
+                "kind": "lottery",
+                "price": 500,
+                "strategy": "renormalize",
+                "prizes": [
+                    {"id": "gold", "name": "Gold", "stock": 3, "probability": 0.2, "price": 0},
+                    {"id": "silver", "name": "Silver", "stock": 100, "probability": 0.3},
+                ],
+            }),
+        ),
+        CampaignState::Active,
+    )
+    .await;
+    let draws = |prefix: &str, n: usize| -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (new_request_id(), format!("{prefix}-{i:04}")))
+            .collect()
+    };
+    let first = draws("a", 400);
+    produce_purchases(&stack, &producer, &cid, &first).await;
+    wait_decided(&api, &cid, 400, Duration::from_secs(120)).await;
+    let v = api.campaign(&cid).await.expect("view");
+    assert_eq!(v.stock.available, 0, "both prizes sold out: {:?}", v.stock);
+
+    // Three silver wins cancelled: their units go back to silver.
+    let silver: Vec<_> = stored(&api, &cid, 103)
+        .await
+        .into_iter()
+        .filter(|o| o.prize_id.as_deref() == Some("silver"))
+        .take(3)
+        .collect();
+    assert_eq!(silver.len(), 3);
+    for o in &silver {
+        let c = order_command(&api, &o.order_id, &o.user_id, "cancel", None).await;
+        assert!(c.is_ok("cancelled"), "{}", c.body);
+    }
+    // Two more gold units.
+    let r = api
+        .post(
+            &format!("/v1/campaigns/{cid}/stock"),
+            &json!({"quantity": 2, "prize_id": "gold"}),
+            &[],
+        )
+        .await
+        .expect("add stock");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = draws("b", 100);
+    produce_purchases(&stack, &producer, &cid, &second).await;
+    wait_decided(&api, &cid, 500, Duration::from_secs(120)).await;
+    let v = api.campaign(&cid).await.expect("view");
+    assert_eq!(
+        v.stock.available, 0,
+        "the returned units were won: {:?}",
+        v.stock
+    );
+
+    // Not before the close.
+    let early = verify_draws(&stack, &api, &cid).await;
+    assert!(
+        !early.success,
+        "verify-draws passed while open:\n{}",
+        early.stdout
+    );
+    assert!(
+        early
+            .log
+            .contains("revealed only once the campaign is closed"),
+        "{}",
+        early.log
+    );
+
+    let closed = close(&api, &cid).await;
+    let secret =
+        DrawSecret::from_hex(closed.draw_secret.as_deref().expect("revealed")).expect("hex");
+    let log = read_decisions(
+        &stack.kafka(),
+        &stack.topics.orders,
+        500,
+        Duration::from_secs(60),
+    )
+    .await;
+    let statuses: Vec<DecisionStatus> = first
+        .iter()
+        .chain(&second)
+        .map(|(rid, _)| log.first(rid).expect("decided").status)
+        .collect();
+    let wins = statuses
+        .iter()
+        .filter(|s| **s == DecisionStatus::Won)
+        .count();
+    let losses = statuses
+        .iter()
+        .filter(|s| **s == DecisionStatus::Lost)
+        .count();
+    assert_eq!(wins, 3 + 100 + 3 + 2, "every unit won, returned ones again");
+    let orders = stored(&api, &cid, wins).await;
+    assert_eq!(orders.len(), wins);
+
+    let ok = verify_draws(&stack, &api, &cid).await;
+    assert!(
+        ok.success,
+        "verify-draws failed:\n{}\n{}",
+        ok.stdout, ok.log
+    );
+    let j = last_json(&ok.stdout);
+    assert_eq!(j["draws_checked"], json!(wins + losses), "{j}");
+    assert_eq!(j["wins"], json!(wins), "{j}");
+    assert_eq!(j["stored_orders_checked"], json!(wins), "{j}");
+    assert_eq!(j["mismatches"], json!(0), "{j}");
+    assert_eq!(j["secret"], json!(secret.to_hex()), "{j}");
+
+    // Tampered store: a silver order made gold.
+    let victim = orders
+        .iter()
+        .find(|o| o.prize_id.as_deref() == Some("silver"))
+        .expect("a silver order")
+        .order_id
+        .clone();
+    let set_prize = |prize: &str| {
+        let db = rusqlite::Connection::open(&stack.store_path).expect("open the store");
+        db.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        let n = db
+            .execute(
+                "UPDATE orders SET prize_id = ?1 WHERE order_id = ?2",
+                rusqlite::params![prize, victim],
+            )
+            .expect("update the order");
+        assert_eq!(n, 1);
+    };
+    set_prize("gold");
+    let bad = verify_draws(&stack, &api, &cid).await;
+    assert!(!bad.success, "a tampered order passed:\n{}", bad.stdout);
+    let j = last_json(&bad.stdout);
+    assert_eq!(j["mismatches"], json!(1), "{j}");
+    assert!(
+        bad.stdout.contains(&format!(
+            "mismatch: stored order {victim} holds prize Some(\"gold\")"
+        )),
+        "{}",
+        bad.stdout
+    );
+    set_prize("silver");
+    let again = verify_draws(&stack, &api, &cid).await;
+    assert!(again.success, "restored, it fails:\n{}", again.stdout);
+
+    // A forged win on the orders topic, for a request whose point loses.
+    let forged = (0..)
+        .map(|i| format!("forged-{i}"))
+        .find(|r| secret.point(r) >= 0.5)
+        .expect("a losing request id");
+    producer
+        .send(
+            &stack.topics.orders,
+            Some(&cid),
+            &forged_win(&cid, &forged, "forger", "gold"),
+        )
+        .await;
+    stored(&api, &cid, wins + 1).await;
+    let bad = verify_draws(&stack, &api, &cid).await;
+    assert!(!bad.success, "a forged win passed:\n{}", bad.stdout);
+    // Two findings: the draw in the log, and the order the sink stored
+    // for it.
+    let j = last_json(&bad.stdout);
+    assert_eq!(j["mismatches"], json!(2), "{j}");
+    assert!(
+        bad.stdout.lines().any(|l| l.starts_with("mismatch: offset")
+            && l.contains(&format!("request {forged} (user forger)"))
+            && l.contains("gives a loss")),
+        "{}",
+        bad.stdout
+    );
+    assert!(
+        bad.stdout.lines().any(|l| l.starts_with(&format!(
+            "mismatch: stored order {} is the prize of draw {forged}",
+            order_id_for(&forged)
+        ))),
+        "{}",
+        bad.stdout
+    );
     drop(all);
 }
 

@@ -808,7 +808,7 @@ async fn late_pay_after_expiry_is_409_expired_and_leaves_stock_untouched() {
 // Pay and cancel by state and owner
 
 /// Pay and cancel answer by the order's state and owner: 403 not_owner for
-/// another user, 404 for an unknown order, 200 paid then 409 already_paid,
+/// a cancel by another user, 404 for an unknown order, 200 paid then 409 already_paid,
 /// 200 cancelled then 409 cancelled; a retry of the same command gets the
 /// same answer; a cancel returns its unit, a pay does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,7 +832,7 @@ async fn pay_and_cancel_answer_by_order_state_and_owner() {
         (5, 3, 2, 0)
     );
 
-    let a = order_command(&api, &carol_order, "mallory", "pay", None).await;
+    let a = order_command(&api, &carol_order, "mallory", "cancel", None).await;
     assert!(
         a.is_refused(403, "not_owner"),
         "{} {}",
@@ -939,8 +939,8 @@ async fn pay_answered_202_can_be_followed_at_get_requests() {
     let r = api
         .post(
             &format!("/v1/orders/{order}/pay"),
-            &json!({}),
-            &[("X-User-Id", "eve")],
+            &json!({ "payment_ref": "psp-eve-1" }),
+            &[("Authorization", &Api::payments())],
         )
         .await
         .expect("pay");

@@ -43,12 +43,16 @@ fn repo_root() -> PathBuf {
 
 impl ReadmeStack {
     fn new() -> ReadmeStack {
+        let data = tempfile::Builder::new()
+            .prefix("seckill-stack-")
+            .tempdir()
+            .expect("temp dir");
+        // scripts/run keeps a key that is there: the harness's, so its
+        // clients' tokens are accepted.
+        std::fs::write(data.path().join("jwt.key"), common::jwt_key()).expect("write jwt.key");
         ReadmeStack {
             run: None,
-            data: tempfile::Builder::new()
-                .prefix("seckill-stack-")
-                .tempdir()
-                .expect("temp dir"),
+            data,
             http: free_port(),
             kafka: free_port(),
             redis: free_port(),
@@ -66,6 +70,10 @@ impl ReadmeStack {
                 format!("redis://127.0.0.1:{}", self.redis),
             ),
             ("SECKILL_RATE_LIMIT_PER_USER", "100000".to_owned()),
+            (
+                "SECKILL_JWT_HS256_KEY_FILE",
+                self.data.path().join("jwt.key").display().to_string(),
+            ),
         ]
     }
 

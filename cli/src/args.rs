@@ -181,15 +181,24 @@ pub(crate) struct IngestArgs {
     /// Requests per second per user (0 = unlimited); bursts of 2x pass.
     #[arg(long, env = "SECKILL_RATE_LIMIT_PER_USER", default_value_t = 10)]
     pub(crate) rate_limit_per_user: u32,
-    /// Requests per second for the whole instance (0 = unlimited).
+    /// Requests per second from one client address (0 = unlimited); see
+    /// `--trusted-proxies` for clients behind a load balancer.
+    #[arg(long, env = "SECKILL_RATE_LIMIT_PER_IP", default_value_t = 0)]
+    pub(crate) rate_limit_per_ip: u32,
+    /// Requests per second for one campaign (0 = unlimited).
+    #[arg(long, env = "SECKILL_RATE_LIMIT_PER_CAMPAIGN", default_value_t = 0)]
+    pub(crate) rate_limit_per_campaign: u32,
+    /// Requests per second for the whole instance (0 = unlimited). Checked
+    /// last, after the user, address and campaign limits.
     #[arg(long, env = "SECKILL_RATE_LIMIT_GLOBAL", default_value_t = 100_000)]
     pub(crate) rate_limit_global: u32,
+    /// Addresses or networks (CIDR) of the proxies in front of ingest,
+    /// comma-separated: only their `X-Forwarded-For` is believed.
+    #[arg(long, env = "SECKILL_TRUSTED_PROXIES", value_delimiter = ',', value_parser = ip_net)]
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Requests handled at once before answering 503 "system busy".
     #[arg(long, env = "SECKILL_MAX_INFLIGHT", default_value_t = 20_000)]
     pub(crate) max_inflight: usize,
-    /// Bearer token for the admin API; unset leaves it open (local use only).
-    #[arg(long, env = "SECKILL_ADMIN_TOKEN")]
-    pub(crate) admin_token: Option<String>,
     /// Age of the campaign state the fast path answers from.
     #[arg(long, env = "SECKILL_CAMPAIGN_CACHE_MS", default_value_t = 100)]
     pub(crate) campaign_cache_ms: u64,
@@ -201,6 +210,120 @@ pub(crate) struct IngestArgs {
     /// not watched).
     #[arg(long, env = "SECKILL_STALL_SECS", default_value_t = 30)]
     pub(crate) stall_secs: u64,
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+}
+
+fn ip_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a network (e.g. 10.0.0.0/8)"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AuthArg {
+    /// Signed tokens: `Authorization: Bearer <JWT>`.
+    Jwt,
+    /// Trust `X-User-Id`/`X-User-Roles`/`X-User-Attributes` as sent
+    /// (insecure: only behind a gateway that authenticates callers).
+    Header,
+}
+
+/// Who callers are: signed tokens, their keys and claims.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct IdentityArgs {
+    /// How callers are identified.
+    #[arg(long = "auth", env = "SECKILL_AUTH", value_enum, default_value = "jwt")]
+    pub(crate) auth: AuthArg,
+    /// File holding the HS256 key tokens are signed with (at least 16 bytes;
+    /// `scripts/run` creates `data/jwt.key`).
+    #[arg(long, env = "SECKILL_JWT_HS256_KEY_FILE")]
+    pub(crate) jwt_hs256_key_file: Option<std::path::PathBuf>,
+    /// The RS256/ES256 public keys: a JWKS file, or an https URL fetched
+    /// again every `--jwt-jwks-refresh-secs` and when a token names an
+    /// unknown key id.
+    #[arg(long, env = "SECKILL_JWT_JWKS")]
+    pub(crate) jwt_jwks: Option<String>,
+    #[arg(long, env = "SECKILL_JWT_JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub(crate) jwt_jwks_refresh_secs: u64,
+    /// Required `iss` of tokens.
+    #[arg(long, env = "SECKILL_JWT_ISSUER")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// Required `aud` of tokens.
+    #[arg(long, env = "SECKILL_JWT_AUDIENCE")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "SECKILL_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub(crate) jwt_leeway_secs: u64,
+    /// The claim listing the caller's roles (`admin`, `payments`).
+    #[arg(long, env = "SECKILL_JWT_ROLES_CLAIM", default_value = "roles")]
+    pub(crate) jwt_roles_claim: String,
+    /// The claim holding the caller's eligibility attributes (an object).
+    #[arg(
+        long,
+        env = "SECKILL_JWT_ATTRIBUTES_CLAIM",
+        default_value = "attributes"
+    )]
+    pub(crate) jwt_attributes_claim: String,
+    /// A static bearer token that also opens the admin API (compared in
+    /// constant time). Without it, admin needs a token with the role admin.
+    #[arg(long, env = "SECKILL_ADMIN_TOKEN")]
+    pub(crate) admin_token: Option<String>,
+}
+
+impl IdentityArgs {
+    pub(crate) fn config(&self) -> anyhow::Result<seckill_ingest::IdentityConfig> {
+        let hs256_key = self
+            .jwt_hs256_key_file
+            .as_deref()
+            .map(|p| read_secret(p, "the JWT key (SECKILL_JWT_HS256_KEY_FILE)"))
+            .transpose()?;
+        if let Some(t) = &self.admin_token {
+            if t.len() < seckill_schemas::MIN_KEY_BYTES {
+                anyhow::bail!(
+                    "SECKILL_ADMIN_TOKEN is {} characters; use at least {} (it opens the admin API)",
+                    t.len(),
+                    seckill_schemas::MIN_KEY_BYTES
+                );
+            }
+        }
+        Ok(seckill_ingest::IdentityConfig {
+            mode: match self.auth {
+                AuthArg::Jwt => seckill_ingest::AuthMode::Jwt,
+                AuthArg::Header => seckill_ingest::AuthMode::Header,
+            },
+            hs256_key,
+            jwks: self
+                .jwt_jwks
+                .as_deref()
+                .map(seckill_ingest::JwksSource::parse),
+            jwks_refresh: std::time::Duration::from_secs(self.jwt_jwks_refresh_secs),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_secs: self.jwt_leeway_secs,
+            roles_claim: self.jwt_roles_claim.clone(),
+            attributes_claim: self.jwt_attributes_claim.clone(),
+            admin_token: self.admin_token.clone(),
+        })
+    }
+}
+
+/// A secret from a file (surrounding whitespace trimmed), at least
+/// [`seckill_schemas::MIN_KEY_BYTES`] long.
+pub(crate) fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let raw = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let key = raw.trim_ascii().to_vec();
+    if key.len() < seckill_schemas::MIN_KEY_BYTES {
+        anyhow::bail!(
+            "{what} {} holds {} bytes; use at least {} bytes of secret",
+            path.display(),
+            key.len(),
+            seckill_schemas::MIN_KEY_BYTES
+        );
+    }
+    Ok(key)
 }
 
 /// What may change a campaign through the requests topic.
@@ -212,6 +335,15 @@ pub(crate) struct CommandArgs {
     /// secret each; `scripts/run` creates `data/command.key`.
     #[arg(long, env = "SECKILL_COMMAND_KEY_FILE", value_delimiter = ',')]
     pub(crate) command_key_file: Vec<std::path::PathBuf>,
+    /// File holding the draw key, which every lottery's draw secret is
+    /// derived from (the same for ingest and the processors; at least 16
+    /// bytes of secret; `scripts/run` creates `data/draw.key`). Never
+    /// change it while a lottery is open. Unset: derived from the first
+    /// command key (HMAC-SHA256(command key, "seckill-draw-key")), so
+    /// existing setups keep working; rotating that command key then
+    /// changes the draw key too.
+    #[arg(long, env = "SECKILL_DRAW_KEY_FILE")]
+    pub(crate) draw_key_file: Option<std::path::PathBuf>,
     /// Allow resets (`POST /v1/campaigns/{id}/reset`, and deciding a reset
     /// command): for test environments only.
     #[arg(long, env = "SECKILL_ENABLE_RESET", default_value_t = false)]
@@ -221,7 +353,6 @@ pub(crate) struct CommandArgs {
 impl CommandArgs {
     /// The command keys, the signing one first.
     pub(crate) fn keys(&self) -> anyhow::Result<Vec<Vec<u8>>> {
-        use anyhow::Context;
         if self.command_key_file.is_empty() {
             anyhow::bail!(
                 "commands on the requests topic are authenticated: set SECKILL_COMMAND_KEY_FILE \
@@ -231,22 +362,27 @@ impl CommandArgs {
                 seckill_schemas::MIN_KEY_BYTES
             );
         }
-        let mut keys = Vec::new();
-        for path in &self.command_key_file {
-            let raw = std::fs::read(path)
-                .with_context(|| format!("reading the command key {}", path.display()))?;
-            let key = raw.trim_ascii().to_vec();
-            if key.len() < seckill_schemas::MIN_KEY_BYTES {
-                anyhow::bail!(
-                    "the command key {} holds {} bytes; use at least {} bytes of secret",
-                    path.display(),
-                    key.len(),
-                    seckill_schemas::MIN_KEY_BYTES
+        self.command_key_file
+            .iter()
+            .map(|path| read_secret(path, "the command key"))
+            .collect()
+    }
+
+    /// The draw key, the same for ingest and the processors: the draw key
+    /// file's secret, or, without one, HMAC-SHA256(first command key,
+    /// "seckill-draw-key").
+    pub(crate) fn draw_key(&self) -> anyhow::Result<Vec<u8>> {
+        match &self.draw_key_file {
+            Some(path) => read_secret(path, "the draw key (SECKILL_DRAW_KEY_FILE)"),
+            None => {
+                let key = seckill_schemas::draw_key_from_command_key(&self.keys()?[0]);
+                tracing::info!(
+                    "no SECKILL_DRAW_KEY_FILE: lottery draw secrets derive from the first \
+                     command key (rotating it changes them: set a draw key file first)"
                 );
+                Ok(key)
             }
-            keys.push(key);
         }
-        Ok(keys)
     }
 }
 

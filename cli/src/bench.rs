@@ -75,9 +75,23 @@ pub(crate) struct BenchCmd {
     /// Longest wait for decisions and stored orders after the load.
     #[arg(long, default_value_t = 120)]
     settle_secs: u64,
-    /// Bearer token for the admin API, if ingest requires one.
+    /// Bearer token for the admin API (ingest's SECKILL_ADMIN_TOKEN); without
+    /// it the bench signs itself an admin token with the JWT key.
     #[arg(long, env = "SECKILL_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// The HS256 key ingest checks tokens with: the bench signs one token
+    /// per user with it (before the clock starts).
+    #[arg(
+        long,
+        env = "SECKILL_JWT_HS256_KEY_FILE",
+        default_value = "data/jwt.key"
+    )]
+    jwt_key_file: std::path::PathBuf,
+    /// `iss` and `aud` of the tokens, when ingest requires them.
+    #[arg(long, env = "SECKILL_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    #[arg(long, env = "SECKILL_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
 }
 
 /// What the decision collector has seen, by request id.
@@ -114,16 +128,36 @@ impl BenchCmd {
             .timeout(Duration::from_secs(30))
             .build()?;
         let run_id = format!("bench-{}", now_ms());
-        let specs = self.create_campaigns(&http, &run_id).await?;
+        let key = crate::args::read_secret(&self.jwt_key_file, "the JWT key (--jwt-key-file)");
+        let admin = match (&self.admin_token, &key) {
+            (Some(t), _) => t.clone(),
+            (None, Ok(k)) => self.token(k, "bench-admin", vec!["admin".into()]),
+            (None, Err(e)) => bail!(
+                "the bench needs an admin token (--admin-token) or the JWT key ingest checks: {e:#}"
+            ),
+        };
+        let specs = self.create_campaigns(&http, &run_id, &admin).await?;
         let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
 
         let seen = Arc::new(Mutex::new(Seen::default()));
         let collector = self.collect_decisions(&run_id, Arc::clone(&seen)).await?;
 
         let plan = self.plan(&ids);
+        // One token per user, signed before the clock starts.
+        let tokens: HashMap<&str, String> = match (self.via, &key) {
+            (Via::Http, Ok(k)) => plan
+                .iter()
+                .map(|(_, u)| u.as_str())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .map(|u| (u, self.token(k, u, Vec::new())))
+                .collect(),
+            (Via::Http, Err(e)) => bail!("--via http signs the users' tokens: {e:#}"),
+            (Via::Kafka, _) => HashMap::new(),
+        };
         let started = Instant::now();
         let (accepted, fast, refused) = match self.via {
-            Via::Http => self.load_http(&http, &plan).await,
+            Via::Http => self.load_http(&http, &plan, &tokens).await,
             Via::Kafka => self.load_kafka(&plan).await?,
         };
         let accept_secs = started.elapsed().as_secs_f64();
@@ -246,6 +280,7 @@ impl BenchCmd {
         &self,
         http: &reqwest::Client,
         run_id: &str,
+        admin: &str,
     ) -> anyhow::Result<Vec<CampaignSpec>> {
         let now = chrono::Utc::now();
         let mut specs = Vec::new();
@@ -262,10 +297,10 @@ impl BenchCmd {
                 price: 100,
                 ..CampaignSpec::default()
             };
-            let mut req = http.post(format!("{}/v1/campaigns", self.url)).json(&spec);
-            if let Some(t) = &self.admin_token {
-                req = req.bearer_auth(t);
-            }
+            let req = http
+                .post(format!("{}/v1/campaigns", self.url))
+                .bearer_auth(admin)
+                .json(&spec);
             let resp = req.send().await.with_context(|| {
                 format!("POST {}/v1/campaigns (is `seckill all` running?)", self.url)
             })?;
@@ -280,6 +315,20 @@ impl BenchCmd {
             specs.push(spec);
         }
         Ok(specs)
+    }
+
+    fn token(&self, key: &[u8], user: &str, roles: Vec<String>) -> String {
+        seckill_ingest::mint(
+            key,
+            &seckill_ingest::TokenClaims {
+                sub: user.to_owned(),
+                roles,
+                attributes: None,
+                ttl: Duration::from_secs(86_400),
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+            },
+        )
     }
 
     /// (campaign, user) for every request, drawn before the clock starts.
@@ -366,13 +415,14 @@ impl BenchCmd {
         &self,
         http: &reqwest::Client,
         plan: &[(String, String)],
+        tokens: &HashMap<&str, String>,
     ) -> (Vec<String>, usize, usize) {
         let url = format!("{}/v1/purchases", self.url);
         let results: Vec<Result<(u16, Option<Decision>, Option<String>), ()>> = stream::iter(plan)
             .map(|(campaign, user)| {
                 let req = http
                     .post(&url)
-                    .header("x-user-id", user)
+                    .bearer_auth(tokens.get(user.as_str()).map_or("", String::as_str))
                     .json(&json!({ "campaign_id": campaign }));
                 async move {
                     let resp = req.send().await.map_err(|_| ())?;

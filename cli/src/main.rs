@@ -6,6 +6,8 @@ mod bench;
 mod dlq;
 mod reconcile;
 mod roles;
+mod token;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -51,6 +53,11 @@ enum Command {
     /// Compare a campaign's Redis counters with the store and the order log;
     /// `--repair` rebuilds them.
     Reconcile(reconcile::ReconcileCmd),
+    /// Check a closed lottery's draws against its revealed draw secret, the
+    /// orders log and the store.
+    VerifyDraws(verify::VerifyDrawsCmd),
+    /// Print a token signed with the local JWT key (data/jwt.key).
+    Token(token::TokenCmd),
 }
 
 fn init_logging(filter: &str, format: &str) -> anyhow::Result<()> {
@@ -80,5 +87,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(c) => c.run().await,
         Command::Dlq(c) => c.run().await,
         Command::Reconcile(c) => c.run().await,
+        Command::VerifyDraws(c) => c.run().await,
+        Command::Token(c) => c.run().await,
     }
 }

@@ -13,10 +13,10 @@ use serde_json::json;
 
 use rdkafka::producer::FutureRecord;
 use seckill_processors::{meta_fields, restore, CampaignImage};
-use seckill_schemas::state::{self, Answer, StockCounters, StoredOrder};
+use seckill_schemas::state::{self, Answer, Payment, StockCounters, StoredOrder};
 use seckill_schemas::{
     CampaignAction, CampaignCommand, CampaignOutcome, CampaignSpec, DecisionStatus, KeyLayout,
-    OrderEvent, OrderStatus, RequestEvent, SCHEMA_VERSION,
+    OrderEvent, OrderStatus, OrderView, RequestEvent, SCHEMA_VERSION,
 };
 
 use crate::args::{CommandArgs, KafkaArgs, RedisArgs, StoreArgs};
@@ -118,6 +118,12 @@ impl Record {
                     created_at_ms: r.created_at_ms,
                     expires_at_ms: r.expires_at_ms,
                     prize_id: r.prize_id.map(str::to_owned),
+                    // A pay's `paid` is decided at the pay's time: what a
+                    // pay repeating it answers with again.
+                    payment: r.payment_ref.map(|p| Payment {
+                        paid_at_ms: r.changed_at_ms,
+                        payment_ref: p.to_owned(),
+                    }),
                 },
             );
         }
@@ -236,6 +242,26 @@ impl Record {
             .map(|(r, a)| (r.clone(), a.encode()))
             .collect();
         img
+    }
+}
+
+/// An order of the store as the campaign's `orders` hash holds it.
+fn from_store(o: &OrderView) -> StoredOrder {
+    StoredOrder {
+        status: o.status,
+        user_id: o.user_id.clone(),
+        quantity: o.quantity,
+        price: o.price,
+        purchase_request_id: o.request_id.clone(),
+        created_at_ms: o.created_at_ms,
+        expires_at_ms: o.expires_at_ms,
+        prize_id: o.prize_id.clone(),
+        // The store's `updated_at_ms` of a paid order is the time of the
+        // pay that paid it (a status never moves on from paid).
+        payment: o.payment_ref.clone().map(|p| Payment {
+            paid_at_ms: o.updated_at_ms,
+            payment_ref: p,
+        }),
     }
 }
 
@@ -433,19 +459,7 @@ impl ReconcileCmd {
         let store = crate::roles::store(&self.store).await?;
         let stored = seckill_cli::check::stored_orders(&*store, &cid).await?;
         for o in &stored {
-            record.merge(
-                &o.order_id,
-                StoredOrder {
-                    status: o.status,
-                    user_id: o.user_id.clone(),
-                    quantity: o.quantity,
-                    price: o.price,
-                    purchase_request_id: o.request_id.clone(),
-                    created_at_ms: o.created_at_ms,
-                    expires_at_ms: o.expires_at_ms,
-                    prize_id: o.prize_id.clone(),
-                },
-            );
+            record.merge(&o.order_id, from_store(o));
         }
 
         let k = keys.campaign(&cid);
@@ -488,11 +502,16 @@ impl ReconcileCmd {
             &want.prizes,
             &mut diffs,
         );
-        // Orders compare by status; an order Redis holds in a form this build
-        // cannot read is a difference too.
+        // Orders compare by status and payment reference; an order Redis
+        // holds in a form this build cannot read is a difference too.
         let status = |v: &String| {
-            StoredOrder::decode(v)
-                .map_or_else(|e| format!("unreadable ({e})"), |o| o.status.to_string())
+            StoredOrder::decode(v).map_or_else(
+                |e| format!("unreadable ({e})"),
+                |o| match o.payment {
+                    Some(p) => format!("{} (payment_ref {:?})", o.status, p.payment_ref),
+                    None => o.status.to_string(),
+                },
+            )
         };
         let have_orders: BTreeMap<String, String> = hash(redis, &k.orders)
             .await?
@@ -567,4 +586,104 @@ fn write_metrics(
     prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seckill_schemas::{order_id_for, AwardType, OrderChanged, Reserved};
+
+    fn reserved(request: &str) -> Reserved {
+        Reserved {
+            schema_version: 1,
+            request_id: request.into(),
+            order_id: order_id_for(request),
+            campaign_id: "c".into(),
+            user_id: "alice".into(),
+            quantity: 1,
+            price: 5,
+            requested_at_ms: 1,
+            decided_at_ms: 2,
+            expires_at_ms: 300_002,
+            prize_id: None,
+            item_name: "phone".into(),
+            award_type: AwardType::Physical,
+        }
+    }
+
+    fn paid(request: &str, payment_ref: &str, at: i64) -> OrderChanged {
+        OrderChanged {
+            schema_version: 1,
+            request_id: format!("pay-{request}"),
+            order_id: order_id_for(request),
+            purchase_request_id: request.into(),
+            campaign_id: "c".into(),
+            user_id: "alice".into(),
+            quantity: 1,
+            price: 5,
+            created_at_ms: 2,
+            expires_at_ms: 300_002,
+            decided_at_ms: at,
+            prize_id: None,
+            item_name: "phone".into(),
+            award_type: AwardType::Physical,
+            payment_ref: Some(payment_ref.into()),
+        }
+    }
+
+    /// A paid order rebuilt from the log, or from the store when the log no
+    /// longer has it, keeps its payment reference and pay time: what
+    /// decide.lua compares a later pay against.
+    #[test]
+    fn rebuilt_paid_orders_keep_their_payment() {
+        let spec = CampaignSpec {
+            id: "c".into(),
+            name: "c".into(),
+            stock: 5,
+            per_user_limit: 2,
+            ends_at: chrono::Utc::now() + chrono::Duration::hours(1),
+            payment_timeout_secs: 300,
+            ..CampaignSpec::default()
+        };
+        let mut record = Record::default();
+        // From the log: reserved then paid (and the paid event again, from
+        // a pay repeating the first).
+        record.fold(&OrderEvent::Reserved(reserved("r1")));
+        record.fold(&OrderEvent::Paid(paid("r1", "psp|1", 10)));
+        record.fold(&OrderEvent::Paid(paid("r1", "psp|1", 10)));
+        // From the store only.
+        let o = paid("r2", "psp-2", 20);
+        let view = OrderView {
+            order_id: o.order_id.clone(),
+            request_id: o.purchase_request_id.clone(),
+            campaign_id: o.campaign_id.clone(),
+            user_id: o.user_id.clone(),
+            quantity: 1,
+            price: 5,
+            status: OrderStatus::Paid,
+            created_at_ms: 2,
+            updated_at_ms: 20,
+            expires_at_ms: 300_002,
+            prize_id: None,
+            item_name: "phone".into(),
+            award_type: AwardType::Physical,
+            payment_ref: Some("psp-2".into()),
+        };
+        record.merge(&view.order_id, from_store(&view));
+        let image = record.image(&spec);
+        for (request, payment_ref, at) in [("r1", "psp|1", 10), ("r2", "psp-2", 20)] {
+            let raw = &image.orders[&order_id_for(request)];
+            let o = StoredOrder::decode(raw).expect("order record reads");
+            assert_eq!(o.status, OrderStatus::Paid, "{request}");
+            assert_eq!(
+                o.payment,
+                Some(Payment {
+                    paid_at_ms: at,
+                    payment_ref: payment_ref.into(),
+                }),
+                "{request}: {raw}"
+            );
+        }
+        assert_eq!(image.stock["paid"], "2");
+    }
 }

@@ -151,6 +151,7 @@ fn processor_config(
         expiry_interval_ms: p.expiry_interval_ms,
         campaign_retention_secs: p.campaign_retention_secs,
         command_keys: c.keys()?,
+        draw_key: c.draw_key()?,
         enable_reset: c.enable_reset,
     })
 }
@@ -181,13 +182,17 @@ fn ingest_config(
         produce_timeout_ms: i.produce_timeout_ms,
         max_wait_ms: i.max_wait_ms,
         rate_limit_per_user: i.rate_limit_per_user,
+        rate_limit_per_ip: i.rate_limit_per_ip,
+        rate_limit_per_campaign: i.rate_limit_per_campaign,
         rate_limit_global: i.rate_limit_global,
+        trusted_proxies: i.trusted_proxies.clone(),
         max_inflight: i.max_inflight.max(1),
-        admin_token: i.admin_token.clone(),
+        identity: i.identity.config()?,
         campaign_cache_ms: i.campaign_cache_ms,
         max_body_bytes: i.max_body_bytes,
         enable_reset: c.enable_reset,
         command_key: c.keys()?.swap_remove(0),
+        draw_key: c.draw_key()?,
         watch: vec![
             seckill_kafka::Watched {
                 group: Topics::processors_group(&k.topic_prefix),

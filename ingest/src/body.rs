@@ -13,6 +13,16 @@ pub(crate) fn parse<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T, Problem> {
+    parse_hinted(body, limit, &[])
+}
+
+/// [`parse`], with what to say about fields that are refused for a reason:
+/// (field, why).
+pub(crate) fn parse_hinted<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+    hints: &[(&str, &str)],
+) -> Result<T, Problem> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Problem::new(
@@ -35,6 +45,11 @@ pub(crate) fn parse<T: DeserializeOwned>(
         .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))?;
     de.end()
         .map_err(|e| Problem::bad_request(format!("invalid JSON body: {e}")))?;
+    if let Some((field, why)) = hints.iter().find(|(f, _)| unknown.iter().any(|u| u == f)) {
+        return Err(Problem::bad_request(format!(
+            "field {field:?} is not accepted: {why}"
+        )));
+    }
     if !unknown.is_empty() {
         return Err(Problem::bad_request(format!(
             "unknown field(s) {}: remove them (see the JSON Schemas in schemas/json)",

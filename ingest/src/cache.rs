@@ -13,7 +13,8 @@ use chrono::Utc;
 use redis::aio::ConnectionManager;
 use seckill_schemas::state::{meta, prizes, stock, RecordError, StockCounters};
 use seckill_schemas::{
-    CampaignSpec, CampaignState, CampaignView, KeyLayout, PrizeStock, StockView,
+    CampaignKind, CampaignSpec, CampaignState, CampaignView, DrawSecret, KeyLayout, PrizeStock,
+    StockView,
 };
 
 /// Why a campaign's state could not be read.
@@ -202,23 +203,51 @@ pub(crate) async fn read_definition(
         .await
 }
 
-/// The full view of a campaign, if it exists.
+/// A lottery's draw commitment, and its secret once no draw can be decided
+/// any more: the campaign is closed, or its window has ended by Redis' clock
+/// (`redis_now_ms`, the clock decide.lua refuses late draws by, so no
+/// process clock running behind reveals it early). `None`s for a sale.
+fn draw_fields(
+    spec: &CampaignSpec,
+    closed: bool,
+    redis_now_ms: i64,
+    draw_key: &[u8],
+) -> (Option<String>, Option<String>) {
+    if spec.kind != CampaignKind::Lottery {
+        return (None, None);
+    }
+    let secret = DrawSecret::derive(draw_key, &spec.id);
+    let over = closed || redis_now_ms >= spec.ends_at.timestamp_millis();
+    (Some(secret.commitment()), over.then(|| secret.to_hex()))
+}
+
+/// The full view of a campaign, if it exists; a lottery's draw commitment
+/// and (once it is over) secret are derived from `draw_key`.
 pub(crate) async fn read_view(
     con: &mut ConnectionManager,
     keys: &KeyLayout,
+    draw_key: &[u8],
     campaign_id: &str,
 ) -> Result<Option<CampaignView>, ReadError> {
     let k = keys.campaign(campaign_id);
-    let (head, stock_hash, prize_units): (Head, HashMap<String, String>, HashMap<String, String>) =
-        redis::pipe()
-            .hmget(&k.meta, &HEAD_FIELDS)
-            .hgetall(&k.stock)
-            .hgetall(&k.prizes)
-            .query_async(con)
-            .await?;
+    type Raw = (
+        Head,
+        HashMap<String, String>,
+        HashMap<String, String>,
+        (i64, i64),
+    );
+    let (head, stock_hash, prize_units, (secs, micros)): Raw = redis::pipe()
+        .hmget(&k.meta, &HEAD_FIELDS)
+        .hgetall(&k.stock)
+        .hgetall(&k.prizes)
+        .cmd("TIME")
+        .query_async(con)
+        .await?;
     let Some((spec, closed, draft)) = read_head(head)? else {
         return Ok(None);
     };
+    let (draw_commitment, draw_secret) =
+        draw_fields(&spec, closed, secs * 1000 + micros / 1000, draw_key);
     let stock = stock_view(StockCounters::from_hash(&stock_hash)?)?;
     let prize_stock = spec
         .draw_table()
@@ -256,6 +285,8 @@ pub(crate) async fn read_view(
         price: spec.price,
         prizes: prize_stock,
         definition: spec,
+        draw_commitment,
+        draw_secret,
     }))
 }
 
@@ -300,6 +331,44 @@ mod tests {
         assert!(flags("yes", meta::flag(false)).is_err());
         assert!(read_head(head(Some(def()), None, Some("0"))).is_err());
         assert!(read_head(head(Some("{".into()), Some("0"), Some("0"))).is_err());
+    }
+
+    #[test]
+    fn a_lottery_shows_its_commitment_and_reveals_its_secret_only_once_over() {
+        let key = b"draw-key-0123456789";
+        let now = Utc::now();
+        let lottery = CampaignSpec {
+            id: "lot".into(),
+            name: "lot".into(),
+            kind: CampaignKind::Lottery,
+            stock: 1,
+            starts_at: now - chrono::Duration::hours(1),
+            ends_at: now + chrono::Duration::hours(1),
+            ..CampaignSpec::default()
+        };
+        let secret = DrawSecret::derive(key, "lot");
+        let open_ms = now.timestamp_millis();
+        let ended_ms = lottery.ends_at.timestamp_millis();
+        assert_eq!(
+            draw_fields(&lottery, false, open_ms, key),
+            (Some(secret.commitment()), None),
+            "open: the commitment only"
+        );
+        assert_eq!(
+            draw_fields(&lottery, false, ended_ms - 1, key),
+            (Some(secret.commitment()), None)
+        );
+        for (closed, at) in [(true, open_ms), (false, ended_ms)] {
+            let (c, s) = draw_fields(&lottery, closed, at, key);
+            assert_eq!(c, Some(secret.commitment()));
+            let s = DrawSecret::from_hex(&s.expect("revealed")).expect("hex");
+            assert!(s.matches(&secret.commitment()));
+        }
+        let sale = CampaignSpec {
+            kind: CampaignKind::Sale,
+            ..lottery
+        };
+        assert_eq!(draw_fields(&sale, true, ended_ms, key), (None, None));
     }
 
     #[test]

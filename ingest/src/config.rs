@@ -19,12 +19,19 @@ pub struct IngestConfig {
     /// Requests per second one user may send (0 = no limit); bursts of twice
     /// that pass.
     pub rate_limit_per_user: u32,
+    /// Requests per second from one client address (0 = no limit).
+    pub rate_limit_per_ip: u32,
+    /// Requests per second for one campaign (0 = no limit).
+    pub rate_limit_per_campaign: u32,
     /// Requests per second the whole instance accepts (0 = no limit).
     pub rate_limit_global: u32,
+    /// Proxies whose `X-Forwarded-For` is believed; from anyone else the
+    /// client address is the connection's peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Requests handled at once; more get 503 "system busy".
     pub max_inflight: usize,
-    /// Bearer token the admin API requires; `None` leaves it open (local use).
-    pub admin_token: Option<String>,
+    /// Who callers are and what they may do.
+    pub identity: crate::IdentityConfig,
     /// How long a campaign's cached state answers the fast path.
     pub campaign_cache_ms: u64,
     /// Largest request body accepted.
@@ -34,6 +41,13 @@ pub struct IngestConfig {
     /// The key this gateway signs its commands with (see `seckill_schemas`
     /// `auth`).
     pub command_key: Vec<u8>,
+    /// The key the lotteries' draw secrets are derived from, the same the
+    /// processors draw with (see `seckill_schemas::DrawSecret`): ingest
+    /// shows each lottery's commitment from creation and reveals its secret
+    /// once the campaign is closed or ended. The CLI reads it from
+    /// `SECKILL_DRAW_KEY_FILE`, or derives it from the first command key
+    /// when no draw key file is set.
+    pub draw_key: Vec<u8>,
     /// The consumer groups behind this gateway (processors, sinks) whose
     /// progress `/readyz` answers for.
     pub watch: Vec<Watched>,

@@ -18,4 +18,6 @@ pub enum IngestError {
         url: String,
         source: redis::RedisError,
     },
+    #[error("identity: {0}")]
+    Identity(String),
 }

@@ -3,18 +3,25 @@
 //! from a short-lived cache, and queues everything else on the requests
 //! topic. It reads campaign state from Redis but never writes it.
 
+// Handlers answer errors with a `Problem`, the HTTP answer itself; boxing
+// it on every path would buy nothing.
+#![allow(clippy::result_large_err)]
+
 mod body;
 mod cache;
 mod config;
 mod error;
+mod identity;
 mod internal_events;
 mod listener;
+mod openapi;
 mod problem;
 mod routes;
 mod state;
 
 pub use config::IngestConfig;
 pub use error::IngestError;
+pub use identity::{mint, AuthMode, IdentityConfig, JwksSource, TokenClaims};
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -55,9 +62,12 @@ pub async fn serve(
             source,
         })?;
     tracing::info!(addr = %config.http_addr, "ingest listening");
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .into_future();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.clone().cancelled_owned())
+    .into_future();
     let drained = async {
         cancel.cancelled().await;
         tokio::time::sleep(DRAIN_ON_STOP + ANSWER_ON_STOP).await;

@@ -22,6 +22,9 @@ pub(crate) struct Problem {
     reason: Option<String>,
     #[serde(skip)]
     retry_after_secs: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    #[serde(skip)]
+    www_authenticate: Option<String>,
 }
 
 impl Problem {
@@ -35,7 +38,13 @@ impl Problem {
             request_id: None,
             reason: None,
             retry_after_secs: None,
+            www_authenticate: None,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn status_code(&self) -> StatusCode {
+        self.status
     }
 
     pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
@@ -68,6 +77,11 @@ impl Problem {
         self
     }
 
+    pub(crate) fn www_authenticate(mut self, challenge: String) -> Self {
+        self.www_authenticate = Some(challenge);
+        self
+    }
+
     pub(crate) fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
@@ -78,6 +92,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status;
         let retry = self.retry_after_secs;
+        let challenge = self.www_authenticate.clone();
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut resp = (status, body).into_response();
         resp.headers_mut().insert(
@@ -88,6 +103,9 @@ impl IntoResponse for Problem {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        if let Some(c) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
         }
         resp
     }

@@ -172,3 +172,98 @@ pub(crate) struct InFlight {
     /// Repair fences decided in this batch: (campaign, token).
     pub(crate) fences: Vec<(String, String)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use seckill_schemas::{OrderAction, OrderCommand};
+
+    const KEY: &[u8] = b"batch-test-command-key";
+
+    fn pay(request: &str, payment_ref: Option<&str>) -> RequestEvent {
+        RequestEvent::OrderCommand(OrderCommand {
+            schema_version: 1,
+            request_id: request.into(),
+            campaign_id: "c1".into(),
+            order_id: "o1".into(),
+            user_id: "payments-svc".into(),
+            action: OrderAction::Pay,
+            requested_at_ms: None,
+            payment_ref: payment_ref.map(str::to_owned),
+            auth: None,
+        })
+    }
+
+    fn message(event: &RequestEvent, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(serde_json::to_vec(event).expect("encodes")),
+            Some(event.campaign_id().as_bytes().to_vec()),
+            "seckill.requests".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    /// A pay without a payment reference never reaches the script, and the
+    /// reference is covered by the command's authenticator.
+    #[test]
+    fn a_pay_needs_a_signed_payment_ref() {
+        let mut without = pay("no-ref", None);
+        without.sign(KEY);
+        let mut altered = pay("altered", Some("psp-1"));
+        altered.sign(KEY);
+        if let RequestEvent::OrderCommand(c) = &mut altered {
+            c.payment_ref = Some("psp-2".into());
+        }
+        let mut good = pay("good", Some("psp-1"));
+        good.sign(KEY);
+        let mut cancel = RequestEvent::OrderCommand(OrderCommand {
+            request_id: "cancel-ref".into(),
+            action: OrderAction::Cancel,
+            ..match pay("x", Some("psp-1")) {
+                RequestEvent::OrderCommand(c) => c,
+                _ => unreachable!(),
+            }
+        });
+        cancel.sign(KEY);
+        let messages = [&without, &altered, &good, &cancel]
+            .iter()
+            .zip(0..)
+            .map(|(e, i)| message(e, i))
+            .collect();
+        let batch = Batch::new(messages, 0, &[KEY.to_vec()], false);
+        let refused: Vec<(usize, ErrorClass, &str)> = batch
+            .undecidable
+            .iter()
+            .map(|u| (u.at, u.class, u.reason.as_str()))
+            .collect();
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert_eq!((refused[0].0, refused[0].1), (0, ErrorClass::Permanent));
+        assert!(
+            refused[0].2.contains("payment_ref: a pay needs"),
+            "{}",
+            refused[0].2
+        );
+        assert_eq!(
+            (refused[1].0, refused[1].1),
+            (1, ErrorClass::Unauthenticated)
+        );
+        assert_eq!((refused[2].0, refused[2].1), (3, ErrorClass::Permanent));
+        assert!(
+            refused[2]
+                .2
+                .contains("a cancel carries no payment reference"),
+            "{}",
+            refused[2].2
+        );
+        let decided: Vec<&str> = batch
+            .campaigns
+            .iter()
+            .flat_map(|c| c.requests.iter().map(|r| r.event.request_id()))
+            .collect();
+        assert_eq!(decided, ["good"]);
+    }
+}

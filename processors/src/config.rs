@@ -26,6 +26,14 @@ pub struct ProcessorConfig {
     /// Keys a command's authenticator may be made with (see
     /// `seckill_schemas` `auth`); a command matching none is dead-lettered.
     pub command_keys: Vec<Vec<u8>>,
+    /// The key every lottery's draw secret is derived from (see
+    /// `seckill_schemas::DrawSecret`): the same for every processor and
+    /// for ingest, which shows the secret's commitment and, once the
+    /// campaign is over, the secret. Never rotate it while a lottery is
+    /// open: redelivered requests must draw what they drew before. The CLI
+    /// reads it from `SECKILL_DRAW_KEY_FILE`, or derives it from the first
+    /// command key when no draw key file is set.
+    pub draw_key: Vec<u8>,
     /// Decide resets (test environments only); otherwise a reset command is
     /// dead-lettered.
     pub enable_reset: bool,

@@ -20,7 +20,7 @@
 --              draft, max_att, strategy, table = [{id, p, price, stock}],
 --              table_json = the same table as the JSON text to store}
 --   add_stock {r, q, prize}   close {r}   publish {r}   reset {r}
---   pay {r, o, u}   cancel {r, o, u}   expire (what is due) {r}
+--   pay {r, o, u, ref}   cancel {r, o, u}   expire (what is due) {r}
 --   fence {r, token, until_ms}: a repair's fence (below)
 -- ARGV[2]: retention, seconds: how long a retired campaign (closed, or its
 --   window over) keeps its per-request records (KEYS 3-7 and 9) before
@@ -29,7 +29,7 @@
 -- (the codecs in schemas/src/state/records.rs read them):
 --   d|status|reason|order|q|decided|expires|price|prize|confirmed
 --   c|outcome|reason|decided
---   t|to|order|user|q|price|purchase_request|created|expires|prize|decided
+--   t|to|order|user|q|price|purchase_request|created|expires|prize|decided[|ref]
 --   r|reason|decided
 --   f|token   (held, not decided: the campaign is fenced for a repair)
 --
@@ -435,23 +435,45 @@ local function reset()
   return campaign('applied')
 end
 
+-- An order record: user|q|state|expires|rid|price|created|prize, then
+-- |paid_at|ref once the payments service paid it. The reference is the
+-- last field and may itself contain '|': it is the rest of the record.
 local function parse_order(raw)
   local f = {}
-  for field in string.gmatch(raw .. '|', '([^|]*)|') do
-    f[#f + 1] = field
+  local pos = 1
+  while #f < 9 do
+    local sep = string.find(raw, '|', pos, true)
+    if not sep then
+      break
+    end
+    f[#f + 1] = string.sub(raw, pos, sep - 1)
+    pos = sep + 1
   end
+  f[#f + 1] = string.sub(raw, pos)
   return { user = f[1], q = tonumber(f[2]), state = f[3], expires = tonumber(f[4]),
-    rid = f[5], price = f[6], created = f[7], prize = f[8] or '' }
+    rid = f[5], price = f[6], created = f[7], prize = f[8] or '',
+    paid_at = tonumber(f[9] or ''), ref = f[10] or '' }
 end
 
 local function store_order(id, o)
-  redis.call('HSET', KEYS[5], id, o.user .. '|' .. int(o.q) .. '|' .. o.state .. '|'
-    .. int(o.expires) .. '|' .. o.rid .. '|' .. o.price .. '|' .. o.created .. '|' .. o.prize)
+  local raw = o.user .. '|' .. int(o.q) .. '|' .. o.state .. '|' .. int(o.expires) .. '|'
+    .. o.rid .. '|' .. o.price .. '|' .. o.created .. '|' .. o.prize
+  if o.ref ~= '' then
+    raw = raw .. '|' .. int(o.paid_at) .. '|' .. o.ref
+  end
+  redis.call('HSET', KEYS[5], id, raw)
 end
 
-local function transition(to, id, o)
-  return 't|' .. to .. '|' .. id .. '|' .. o.user .. '|' .. int(o.q) .. '|' .. o.price .. '|'
-    .. o.rid .. '|' .. o.created .. '|' .. int(o.expires) .. '|' .. o.prize .. '|' .. int(now)
+-- A transition record, decided `at` (now unless given); a paid order's
+-- reference goes last.
+local function transition(to, id, o, at)
+  local rec = 't|' .. to .. '|' .. id .. '|' .. o.user .. '|' .. int(o.q) .. '|' .. o.price
+    .. '|' .. o.rid .. '|' .. o.created .. '|' .. int(o.expires) .. '|' .. o.prize .. '|'
+    .. int(at or now)
+  if to == 'paid' and o.ref ~= '' then
+    rec = rec .. '|' .. o.ref
+  end
+  return rec
 end
 
 -- Ends a reservation and returns its units. Only ever called on an order in
@@ -468,16 +490,27 @@ local function release(id, o, to)
   return transition(to, id, o)
 end
 
+-- A pay comes from the payments service, so `u` (its caller) need not be
+-- the owner; it carries the payment's reference `ref` (validation refuses
+-- a pay without one before it gets here). A cancel is the owner's alone.
 local function order_command(op, pay)
+  if pay and (type(op.ref) ~= 'string' or op.ref == '') then
+    return refused('unknown_operation')
+  end
   local raw = redis.call('HGET', KEYS[5], op.o)
   if not raw then
     return refused('not_found')
   end
   local o = parse_order(raw)
-  if o.user ~= op.u then
+  if not pay and o.user ~= op.u then
     return refused('not_owner')
   end
   if o.state == 'paid' then
+    if pay and o.ref == op.ref and o.paid_at then
+      -- The pay that paid it, again (a retry under another request id, or
+      -- after a repair forgot the first one's answer): the same answer.
+      return transition('paid', op.o, o, o.paid_at)
+    end
     return refused('already_paid')
   end
   if o.state == 'cancelled' or o.state == 'expired' then
@@ -490,6 +523,8 @@ local function order_command(op, pay)
   end
   if pay then
     o.state = 'paid'
+    o.ref = op.ref
+    o.paid_at = now
     store_order(op.o, o)
     redis.call('ZREM', KEYS[6], op.o)
     units.pay(o.q)

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use seckill_schemas::state::{op, retention, Answer, RecordError};
 use seckill_schemas::{
-    draw_point, order_id_for, CampaignAction, CampaignKind, CampaignSpec, DrawStrategy, KeyLayout,
+    order_id_for, CampaignAction, CampaignKind, CampaignSpec, DrawSecret, DrawStrategy, KeyLayout,
     OrderAction, RequestEvent,
 };
 
@@ -69,6 +69,9 @@ enum Op<'a> {
         r: &'a str,
         o: &'a str,
         u: &'a str,
+        /// The payment's reference, on a pay.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        payment_ref: Option<&'a str>,
     },
     Simple {
         t: &'static str,
@@ -116,12 +119,14 @@ fn canonical(spec: &CampaignSpec) -> String {
 }
 
 impl<'a> Op<'a> {
-    fn of(event: &'a RequestEvent, spec: Option<&CampaignSpec>) -> Self {
+    /// The operation of `event`; `secret` is the campaign's draw secret,
+    /// which a lottery's purchases draw with.
+    fn of(event: &'a RequestEvent, spec: Option<&CampaignSpec>, secret: &DrawSecret) -> Self {
         match event {
             RequestEvent::PurchaseRequested(p) => {
                 let d = spec
                     .filter(|s| s.kind == CampaignKind::Lottery)
-                    .map(|s| draw_point(s.seed.as_deref().unwrap_or(&s.id), &p.request_id));
+                    .map(|_| secret.point(&p.request_id));
                 let eligible = match spec.and_then(|s| s.eligibility.as_ref()) {
                     Some(rule) => p.attributes.as_ref().is_some_and(|a| rule.eval(a)),
                     None => true,
@@ -190,6 +195,7 @@ impl<'a> Op<'a> {
                 r: &o.request_id,
                 o: &o.order_id,
                 u: &o.user_id,
+                payment_ref: o.payment_ref.as_deref(),
             },
             RequestEvent::ExpireDue(e) => Op::Simple {
                 t: op::EXPIRE,
@@ -216,27 +222,41 @@ pub enum DecideError {
 }
 
 /// Runs the decision script.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Decider {
     script: redis::Script,
     keys: KeyLayout,
     retention_secs: u64,
+    /// The key every campaign's draw secret is derived from (see
+    /// `seckill_schemas::DrawSecret`); never shown.
+    draw_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Decider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decider")
+            .field("keys", &self.keys)
+            .field("retention_secs", &self.retention_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Decider {
-    /// A decider with the default retention ([`retention::DEFAULT_SECS`]).
-    pub fn new(key_prefix: &str) -> Self {
-        Self::with_retention(key_prefix, retention::DEFAULT_SECS)
+    /// A decider with the default retention ([`retention::DEFAULT_SECS`])
+    /// whose lotteries draw with secrets derived from `draw_key`.
+    pub fn new(key_prefix: &str, draw_key: Vec<u8>) -> Self {
+        Self::with_retention(key_prefix, retention::DEFAULT_SECS, draw_key)
     }
 
     /// A decider whose retired campaigns (closed, or past their window's
     /// end) keep their per-request records `retention_secs` seconds after
     /// retiring (or after their last pending payment deadline, if later).
-    pub fn with_retention(key_prefix: &str, retention_secs: u64) -> Self {
+    pub fn with_retention(key_prefix: &str, retention_secs: u64, draw_key: Vec<u8>) -> Self {
         Self {
             script: redis::Script::new(SCRIPT),
             keys: KeyLayout::new(key_prefix),
             retention_secs,
+            draw_key,
         }
     }
 
@@ -253,9 +273,12 @@ impl Decider {
         // A create earlier in the same call defines the campaign for the
         // requests after it.
         let mut known = spec.cloned();
+        // Derived, never stored: the same key gives the same secret, so a
+        // redelivered request draws the same point on any processor.
+        let secret = DrawSecret::derive(&self.draw_key, campaign_id);
         let mut ops = Vec::with_capacity(events.len());
         for e in events {
-            let op = Op::of(e, known.as_ref());
+            let op = Op::of(e, known.as_ref(), &secret);
             if let RequestEvent::UpsertCampaign(u) = e {
                 known.get_or_insert_with(|| u.campaign.clone());
             }

@@ -64,6 +64,7 @@ fn changed(
         prize_id: o.prize_id,
         item_name,
         award_type,
+        payment_ref: o.payment_ref,
     }
 }
 
@@ -323,6 +324,7 @@ mod tests {
             created_at_ms: 1,
             expires_at_ms: 2,
             prize_id: None,
+            payment_ref: None,
         }
     }
 
@@ -335,6 +337,7 @@ mod tests {
             user_id: "u1".into(),
             action,
             requested_at_ms: None,
+            payment_ref: (action == OrderAction::Pay).then(|| "ref-1".to_owned()),
             auth: None,
         })
     }
@@ -366,6 +369,65 @@ mod tests {
         assert!(!r.accepted);
         assert_eq!(r.reason, Some(RefusalReason::Expired));
         assert_eq!(r.status, Some(OrderStatus::Expired));
+    }
+
+    /// A pay's `paid` carries the reference into the event, and a pay that
+    /// repeats it (same record, another request id) answers alike.
+    #[test]
+    fn a_pay_and_its_repeat_answer_alike_with_the_reference() {
+        let paid = || Answer::Transition {
+            to: OrderStatus::Paid,
+            order: OrderRecord {
+                payment_ref: Some("psp-1".into()),
+                ..order()
+            },
+            decided_at_ms: 5,
+        };
+        let results: Vec<(OrderEvent, OrderCommandResult)> = ["cmd", "cmd-retry"]
+            .into_iter()
+            .map(|request| {
+                let mut e = command(OrderAction::Pay);
+                if let RequestEvent::OrderCommand(c) = &mut e {
+                    c.request_id = request.into();
+                    c.user_id = "payments-svc".into();
+                }
+                let t = translate(&e, vec![paid()], None, 0);
+                let [event] = &t.events[..] else {
+                    panic!("{:?}", t.events)
+                };
+                let Lookup::Result { json, .. } = &t.lookups[0] else {
+                    panic!()
+                };
+                (
+                    event.clone(),
+                    serde_json::from_str(json).expect("result JSON"),
+                )
+            })
+            .collect();
+        for (request, (event, result)) in ["cmd", "cmd-retry"].iter().zip(&results) {
+            let OrderEvent::Paid(c) = event else {
+                panic!("{event:?}")
+            };
+            assert_eq!(
+                (
+                    c.request_id.as_str(),
+                    c.user_id.as_str(),
+                    c.payment_ref.as_deref()
+                ),
+                (*request, "u1", Some("psp-1"))
+            );
+            assert_eq!(c.decided_at_ms, 5);
+            assert_eq!(
+                result,
+                &OrderCommandResult {
+                    request_id: request.to_string(),
+                    order_id: "o1".into(),
+                    accepted: true,
+                    status: Some(OrderStatus::Paid),
+                    reason: None,
+                }
+            );
+        }
     }
 
     #[test]

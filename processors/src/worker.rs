@@ -52,7 +52,11 @@ impl Worker {
         cancel: CancellationToken,
     ) -> Self {
         Self {
-            decider: Decider::with_retention(&config.key_prefix, config.campaign_retention_secs),
+            decider: Decider::with_retention(
+                &config.key_prefix,
+                config.campaign_retention_secs,
+                config.draw_key.clone(),
+            ),
             defs: Mutex::new(HashMap::new()),
             partitions: Mutex::new((0, None)),
             keys: KeyLayout::new(config.key_prefix.clone()),

@@ -10,9 +10,9 @@ use chrono::{Duration as ChronoDuration, Utc};
 use redis::aio::ConnectionManager;
 use seckill_processors::Decider;
 use seckill_schemas::state::Answer as Outcome;
-use seckill_schemas::state::{self, Answer, OrderRecord, StockCounters, StoredOrder};
+use seckill_schemas::state::{self, Answer, OrderRecord, Payment, StockCounters, StoredOrder};
 use seckill_schemas::RefusalReason;
-use seckill_schemas::{draw_point, order_id_for};
+use seckill_schemas::{order_id_for, DrawSecret};
 use seckill_schemas::{
     CampaignAction, CampaignCommand, CampaignKind, CampaignOutcome, CampaignSpec, DecisionStatus,
     DrawStrategy, ExpireDue, KeyLayout, OrderAction, OrderCommand, OrderStatus, PrizeSpec,
@@ -61,6 +61,9 @@ async fn start_redis() -> Redis {
     panic!("redis-server did not start on {port}");
 }
 
+/// The key the test deciders derive draw secrets from.
+const DRAW_KEY: &[u8] = b"decide-test-draw-key";
+
 /// A real Redis plus the decider, and the campaign specs it has created.
 struct Bench {
     _redis: Redis,
@@ -76,7 +79,7 @@ impl Bench {
         Self {
             _redis: redis,
             con,
-            decider: Decider::new("t"),
+            decider: Decider::new("t", DRAW_KEY.to_vec()),
             specs: Default::default(),
         }
     }
@@ -149,12 +152,25 @@ fn buy(id: &str, request: &str, user: &str, quantity: u32) -> RequestEvent {
     })
 }
 
+/// A pay (with the reference `ref-<request>`) or a cancel.
 fn order_cmd(
     id: &str,
     request: &str,
     order: &str,
     user: &str,
     action: OrderAction,
+) -> RequestEvent {
+    let payment_ref = (action == OrderAction::Pay).then(|| format!("ref-{request}"));
+    order_cmd_ref(id, request, order, user, action, payment_ref.as_deref())
+}
+
+fn order_cmd_ref(
+    id: &str,
+    request: &str,
+    order: &str,
+    user: &str,
+    action: OrderAction,
+    payment_ref: Option<&str>,
 ) -> RequestEvent {
     RequestEvent::OrderCommand(OrderCommand {
         schema_version: 1,
@@ -164,6 +180,7 @@ fn order_cmd(
         user_id: user.into(),
         action,
         requested_at_ms: None,
+        payment_ref: payment_ref.map(str::to_owned),
         auth: None,
     })
 }
@@ -314,7 +331,7 @@ async fn pay_cancel_and_expiry_return_stock_once() {
             &[
                 order_cmd("c6", "p1", &o1, "u1", OrderAction::Pay),
                 order_cmd("c6", "x2", &o2, "u2", OrderAction::Cancel),
-                order_cmd("c6", "p3-wrong-user", &o3, "u1", OrderAction::Pay),
+                order_cmd("c6", "x3-wrong-user", &o3, "u1", OrderAction::Cancel),
             ],
         )
         .await;
@@ -393,6 +410,257 @@ async fn pay_cancel_and_expiry_return_stock_once() {
     let out = b.run("c6", &[buy("c6", "r4", "u2", 1), sweep]).await;
     assert_eq!(status(&out[0]), DecisionStatus::Reserved);
     assert!(out[1].is_empty());
+}
+
+/// The payments service pays: the owner check is the cancel's alone; the
+/// reference is stored with the order; the same reference again repeats
+/// the first pay's answer, another one is refused `already_paid`.
+#[tokio::test]
+async fn payments_confirm_orders_with_a_payment_ref() {
+    use OrderAction::{Cancel, Pay};
+    let mut b = Bench::new().await;
+    b.create(sale("cp", 5, 1, -1)).await;
+    let out = b
+        .run(
+            "cp",
+            &[buy("cp", "r1", "alice", 1), buy("cp", "r2", "bob", 1)],
+        )
+        .await;
+    let (o1, o2) = (order_of(&out[0]), order_of(&out[1]));
+    // The last field of the records: it may hold the separator.
+    let reference = "psp-42|2024 #7";
+
+    // The caller is the payments service, not alice: accepted.
+    let pay = |request: &str, caller: &str, r: &str| {
+        order_cmd_ref("cp", request, &o1, caller, Pay, Some(r))
+    };
+    let (first, t) = b
+        .run_at("cp", &[pay("pay-1", "payments-svc", reference)])
+        .await;
+    let Outcome::Transition {
+        to: OrderStatus::Paid,
+        order,
+        decided_at_ms,
+    } = &first[0][0]
+    else {
+        panic!("the payments service's pay was refused: {first:?}");
+    };
+    assert_eq!(first[0].len(), 1, "{first:?}");
+    assert_eq!(
+        (
+            order.user_id.as_str(),
+            order.payment_ref.as_deref(),
+            *decided_at_ms
+        ),
+        ("alice", Some(reference), t)
+    );
+    assert_eq!(b.stock("cp").await, (5, 3, 1, 1));
+    let k = KeyLayout::new("t").campaign("cp");
+    let raw: String = redis::cmd("HGET")
+        .arg(&k.orders)
+        .arg(&o1)
+        .query_async(&mut b.con)
+        .await
+        .expect("redis");
+    let stored = StoredOrder::decode(&raw).expect("order record reads");
+    assert_eq!(
+        (stored.status, stored.payment.clone()),
+        (
+            OrderStatus::Paid,
+            Some(Payment {
+                paid_at_ms: t,
+                payment_ref: reference.into(),
+            })
+        )
+    );
+
+    // The same reference later, under another request id and another
+    // caller: the first pay's answer again (its time included), and
+    // nothing moves.
+    while redis_ms(&mut b.con).await <= t {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let again = b
+        .run("cp", &[pay("pay-1-retry", "payments-svc-2", reference)])
+        .await;
+    assert_eq!(again, first, "a pay repeating the first answers as it did");
+    assert_eq!(b.stock("cp").await, (5, 3, 1, 1));
+
+    // Another reference, even one the first starts with, is another payment.
+    let out = b
+        .run(
+            "cp",
+            &[
+                pay("pay-2", "payments-svc", "psp-43"),
+                pay("pay-3", "payments-svc", "psp-42"),
+                pay("pay-4", "payments-svc", &format!("{reference}|")),
+            ],
+        )
+        .await;
+    for o in &out {
+        assert!(
+            matches!(
+                &o[..],
+                [Outcome::CommandRefused {
+                    reason: RefusalReason::AlreadyPaid,
+                    ..
+                }]
+            ),
+            "{o:?}"
+        );
+    }
+
+    // A cancel stays the owner's: not bob's on alice's order, nor alice's
+    // on bob's; alice's own on her paid order is refused already_paid.
+    let out = b
+        .run(
+            "cp",
+            &[
+                order_cmd("cp", "x1-bob", &o1, "bob", Cancel),
+                order_cmd("cp", "x2-alice", &o2, "alice", Cancel),
+                order_cmd("cp", "x1-alice", &o1, "alice", Cancel),
+            ],
+        )
+        .await;
+    let reasons: Vec<_> = out
+        .iter()
+        .map(|o| match &o[..] {
+            [Outcome::CommandRefused { reason, .. }] => *reason,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            RefusalReason::NotOwner,
+            RefusalReason::NotOwner,
+            RefusalReason::AlreadyPaid
+        ]
+    );
+    assert_eq!(b.stock("cp").await, (5, 3, 1, 1));
+    assert_eq!(
+        StoredOrder::decode(
+            &redis::cmd("HGET")
+                .arg(&k.orders)
+                .arg(&o1)
+                .query_async::<String>(&mut b.con)
+                .await
+                .expect("redis")
+        )
+        .expect("order record reads"),
+        stored,
+        "a refused command changed the paid order"
+    );
+}
+
+/// After Redis lost a campaign, a repair writes back the orders the store
+/// holds (as `seckill reconcile --repair` builds them: the reference from
+/// the row, the pay time from its last change): a paid order keeps its
+/// reference, so the same pay again still answers as the first one did
+/// and another reference is still refused.
+#[tokio::test]
+async fn a_paid_order_restored_from_the_store_keeps_its_payment_ref() {
+    use seckill_processors::{meta_fields, restore, CampaignImage};
+    let mut b = Bench::new().await;
+    let spec = sale("cr", 5, 1, -1);
+    b.create(spec.clone()).await;
+    let bought = b.run("cr", &[buy("cr", "r1", "alice", 1)]).await;
+    let o1 = order_of(&bought[0]);
+    let pay = |request: &str, r: &str| {
+        order_cmd_ref(
+            "cr",
+            request,
+            &o1,
+            "payments-svc",
+            OrderAction::Pay,
+            Some(r),
+        )
+    };
+    let first = b.run("cr", &[pay("pay-1", "psp-7")]).await;
+    let Outcome::Transition {
+        to: OrderStatus::Paid,
+        order,
+        decided_at_ms,
+    } = &first[0][0]
+    else {
+        panic!("{first:?}");
+    };
+
+    // Redis loses everything.
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut b.con)
+        .await
+        .expect("redis");
+
+    // What the store holds of the order (the `paid` event's data) ...
+    let from_store = StoredOrder {
+        user_id: order.user_id.clone(),
+        quantity: order.quantity,
+        status: OrderStatus::Paid,
+        expires_at_ms: order.expires_at_ms,
+        purchase_request_id: order.purchase_request_id.clone(),
+        price: order.price,
+        created_at_ms: order.created_at_ms,
+        prize_id: order.prize_id.clone(),
+        payment: order.payment_ref.clone().map(|p| Payment {
+            paid_at_ms: *decided_at_ms,
+            payment_ref: p,
+        }),
+    };
+    // ... written back under a repair's fence; the pay's answer is not
+    // part of the image (the log records purchases' decisions only).
+    let mut image = CampaignImage {
+        meta: meta_fields(&spec, false, false, 1),
+        ..CampaignImage::default()
+    };
+    image.stock = StockCounters {
+        total: 5,
+        available: 4,
+        reserved: 0,
+        paid: 1,
+    }
+    .fields()
+    .into_iter()
+    .map(|(f, v)| (f.to_owned(), v))
+    .collect();
+    image.users.insert("alice".into(), "1".into());
+    image.orders.insert(o1.clone(), from_store.encode());
+    image.requests.insert("r1".into(), bought[0][0].encode());
+    let k = KeyLayout::new("t").campaign("cr");
+    let until = redis_ms(&mut b.con).await + 60_000;
+    let _: () = redis::cmd("HSET")
+        .arg(&k.meta)
+        .arg(state::meta::FENCE)
+        .arg("tok")
+        .arg(state::meta::FENCE_UNTIL)
+        .arg(until)
+        .arg(state::meta::FENCE_READY)
+        .arg("tok")
+        .query_async(&mut b.con)
+        .await
+        .expect("redis");
+    restore(&mut b.con, &KeyLayout::new("t"), "cr", &image, "tok")
+        .await
+        .expect("redis");
+
+    // The pay redelivered (its answer was lost with Redis) and a retry
+    // under another id both answer as the first pay did.
+    let again = b
+        .run("cr", &[pay("pay-1", "psp-7"), pay("pay-1-retry", "psp-7")])
+        .await;
+    assert_eq!(again, [first[0].clone(), first[0].clone()]);
+    let other = b.run("cr", &[pay("pay-2", "psp-8")]).await;
+    assert!(
+        matches!(
+            &other[0][..],
+            [Outcome::CommandRefused {
+                reason: RefusalReason::AlreadyPaid,
+                ..
+            }]
+        ),
+        "{other:?}"
+    );
+    assert_eq!(b.stock("cr").await, (5, 4, 0, 1));
 }
 
 #[tokio::test]
@@ -776,6 +1044,7 @@ fn record_of(request: &str, o: &StoredOrder) -> OrderRecord {
         created_at_ms: o.created_at_ms,
         expires_at_ms: o.expires_at_ms,
         prize_id: o.prize_id.clone(),
+        payment_ref: o.payment.as_ref().map(|p| p.payment_ref.clone()),
     }
 }
 
@@ -799,7 +1068,7 @@ fn by_request(
 }
 
 /// A sale: creates (one conflicting), a refused add_stock, reservations, a
-/// sell-out, a per-user limit, a pay, a cancel, a pay by another user, an
+/// sell-out, a per-user limit, a pay, a cancel, a cancel by another user, an
 /// expiry by the sweep and one by a late pay, a close.
 #[tokio::test]
 async fn sale_records_read_back_byte_for_byte() {
@@ -851,7 +1120,8 @@ async fn sale_records_read_back_byte_for_byte() {
     );
 
     // Call 2: four reservations take the five units; a sell-out; u1 at its
-    // limit of 2; u1 pays, u2 cancels, u1 tries to pay u3's order.
+    // limit of 2; u1's order is paid, u2 cancels, u1 tries to cancel u3's
+    // order.
     let o = order_id_for;
     let events = [
         buy(cid, "r1", "u1", 2),
@@ -862,7 +1132,7 @@ async fn sale_records_read_back_byte_for_byte() {
         buy(cid, "r5", "u1", 1),
         order_cmd(cid, "p1", &o("r1"), "u1", OrderAction::Pay),
         order_cmd(cid, "x2", &o("r2"), "u2", OrderAction::Cancel),
-        order_cmd(cid, "p3-other", &o("r3"), "u1", OrderAction::Pay),
+        order_cmd(cid, "x3-other", &o("r3"), "u1", OrderAction::Cancel),
     ];
     let (out, t2) = b.run_at(cid, &events).await;
     by_request(&events, &out, &mut returned);
@@ -876,6 +1146,15 @@ async fn sale_records_read_back_byte_for_byte() {
         price: 1999,
         created_at_ms: t2,
         prize_id: None,
+        payment: None,
+    };
+    // r1's order, paid by p1.
+    let paid_r1 = StoredOrder {
+        payment: Some(Payment {
+            paid_at_ms: t2,
+            payment_ref: "ref-p1".into(),
+        }),
+        ..order("r1", "u1", 2, OrderStatus::Paid)
     };
     for (request, quantity) in [("r1", 2), ("r2", 1), ("r3", 1), ("r6", 1)] {
         want.insert(
@@ -909,7 +1188,7 @@ async fn sale_records_read_back_byte_for_byte() {
         "p1".into(),
         vec![Answer::Transition {
             to: OrderStatus::Paid,
-            order: record_of("r1", &order("r1", "u1", 2, OrderStatus::Paid)),
+            order: record_of("r1", &paid_r1),
             decided_at_ms: t2,
         }],
     );
@@ -922,7 +1201,7 @@ async fn sale_records_read_back_byte_for_byte() {
         }],
     );
     want.insert(
-        "p3-other".into(),
+        "x3-other".into(),
         vec![Answer::CommandRefused {
             reason: RefusalReason::NotOwner,
             decided_at_ms: t2,
@@ -985,7 +1264,7 @@ async fn sale_records_read_back_byte_for_byte() {
 
     check_requests(&mut b, cid, &want, &returned).await;
     let orders = BTreeMap::from([
-        (o("r1"), order("r1", "u1", 2, OrderStatus::Paid)),
+        (o("r1"), paid_r1.clone()),
         (o("r2"), order("r2", "u2", 1, OrderStatus::Cancelled)),
         (o("r3"), order("r3", "u3", 1, OrderStatus::Expired)),
         (o("r6"), order("r6", "u6", 1, OrderStatus::Expired)),
@@ -1014,12 +1293,14 @@ async fn lottery_records_read_back_byte_for_byte() {
     let cid = "lt";
     let mut spec = lottery(cid, DrawStrategy::Fixed, vec![prize("gold", 3, 0.5)]);
     spec.draft = true;
-    // Draw points are a function of the seed (the id) and the request id:
-    // pick one request that lands in gold's band and one that does not.
+    // Draw points are a function of the campaign's draw secret (derived
+    // from the draw key) and the request id: pick one request that lands in
+    // gold's band and one that does not.
+    let secret = DrawSecret::derive(DRAW_KEY, cid);
     let pick = |win: bool| {
         (0..)
             .map(|i| format!("draw-{i}"))
-            .find(|r| (draw_point(cid, r) < 0.5) == win)
+            .find(|r| (secret.point(r) < 0.5) == win)
             .expect("some request id")
     };
     let (win, lose) = (pick(true), pick(false));
@@ -1088,6 +1369,7 @@ async fn lottery_records_read_back_byte_for_byte() {
             price: 0,
             created_at_ms: t,
             prize_id: Some("gold".into()),
+            payment: None,
         },
     )]);
     check_orders(&mut b, cid, &orders).await;
@@ -1302,7 +1584,7 @@ fn record_keys(k: &state::CampaignKeys) -> [(&'static str, String); 6] {
 #[tokio::test]
 async fn retired_campaigns_drop_their_records_and_live_ones_keep_them() {
     let mut b = Bench::new().await;
-    b.decider = Decider::with_retention("t", 2);
+    b.decider = Decider::with_retention("t", 2, DRAW_KEY.to_vec());
     let layout = KeyLayout::new("t");
 
     // Three lotteries (so every record key exists, attempts included),
@@ -1431,7 +1713,7 @@ async fn retired_campaigns_drop_their_records_and_live_ones_keep_them() {
 #[tokio::test]
 async fn unknown_campaign_answers_expire_until_it_is_created() {
     let mut b = Bench::new().await;
-    b.decider = Decider::with_retention("t", 60);
+    b.decider = Decider::with_retention("t", 60, DRAW_KEY.to_vec());
     let k = KeyLayout::new("t").campaign("later");
     b.run("later", &[buy("later", "early", "u1", 1)]).await;
     let ttl = b.pttl(&k.requests).await;

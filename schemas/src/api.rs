@@ -1,20 +1,25 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Attributes;
 use crate::{AwardType, RefusalReason};
 
-/// Body of `POST /v1/purchases`. The user comes from the request's identity,
-/// never from the body.
+/// Body of `POST /v1/purchases`. The user and their eligibility attributes
+/// come from the caller's token, never from the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PurchaseBody {
     pub campaign_id: String,
     /// Units wanted (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantity: Option<u32>,
-    /// The user's attributes for the campaign's eligibility rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attributes: Option<Attributes>,
+}
+
+/// Body of `POST /v1/orders/{id}/pay`: the payment service's reference
+/// for the payment, stored on the order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PayBody {
+    /// 1-128 printable ASCII characters.
+    #[schemars(length(min = 1, max = 128))]
+    pub payment_ref: String,
 }
 
 /// Body of `POST /v1/campaigns/{id}/stock`.
@@ -207,6 +212,9 @@ pub struct OrderView {
     pub item_name: String,
     #[serde(default)]
     pub award_type: AwardType,
+    /// The payments service's reference, once it paid the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_ref: Option<String>,
 }
 
 /// An order status word this build does not know.

@@ -98,7 +98,7 @@ fn tag(key: &[u8], message: &[u8]) -> String {
         .collect()
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -112,11 +112,6 @@ pub struct CampaignSpec {
     /// Lottery: draws one user may make, losses included (default unlimited).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts_per_user: Option<u32>,
-    /// Lottery: seed of the draws (default the campaign id). A draw is a
-    /// function of the seed and the request id, so a redelivered request
-    /// draws the same result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<String>,
     /// Who may take part: a rule over the user's attributes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eligibility: Option<Rule>,
@@ -134,6 +129,17 @@ fn default_payment_timeout_secs() -> u32 {
 }
 
 impl CampaignSpec {
+    /// Fields a definition once had and no longer accepts, with why: an
+    /// HTTP body that sends one is refused with this message rather than
+    /// as an unknown field.
+    pub const REFUSED_FIELDS: &'static [(&'static str, &'static str)] = &[(
+        "seed",
+        "lottery draws no longer use a public seed: every lottery draws with a \
+         per-campaign secret that nobody sees before the campaign closes (its \
+         commitment is in the campaign view from creation, the secret once it is \
+         closed or ended; check the draws with `seckill verify-draws`); remove the field",
+    )];
+
     /// Lottery win rate when no prizes are given.
     pub const DEFAULT_WIN_RATE: f64 = 0.2;
 
@@ -226,4 +232,16 @@ pub struct CampaignView {
     pub prizes: Vec<PrizeStock>,
     /// The definition as created (lottery settings, eligibility rule).
     pub definition: CampaignSpec,
+    /// Lottery: hex SHA-256 of the campaign's draw secret, shown from
+    /// creation on. It pins the secret down before any draw without
+    /// telling it (see `seckill_schemas::DrawSecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draw_commitment: Option<String>,
+    /// Lottery: the draw secret (hex), shown only once the campaign is
+    /// closed or its window has ended. Every draw is
+    /// `draw_point(draw_secret, request_id)`; `seckill verify-draws`
+    /// recomputes them all and checks the secret against
+    /// `draw_commitment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draw_secret: Option<String>,
 }

@@ -138,7 +138,8 @@ impl CampaignAction {
     }
 }
 
-/// What a user does to one of their orders.
+/// What is done to an order: the payments service confirms its payment,
+/// or its owner cancels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderAction {
@@ -154,11 +155,19 @@ pub struct OrderCommand {
     pub request_id: String,
     pub campaign_id: String,
     pub order_id: String,
-    /// Who asks; only the order's owner may pay or cancel it.
+    /// Who asks. A cancel is the order owner's alone; a pay comes from the
+    /// payments service (ingest checks its role), and names its caller.
     pub user_id: String,
     pub action: OrderAction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at_ms: Option<i64>,
+    /// The payments service's reference for the payment: required on a pay
+    /// (1-128 printable ASCII characters), absent on a cancel. Stored with
+    /// the order; paying a paid order again with the same reference repeats
+    /// the first pay's answer, another reference is refused `already_paid`.
+    /// Covered by `auth`, as every field is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_ref: Option<String>,
     /// HMAC-SHA256 of the command under the command key (see `auth.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
@@ -279,6 +288,8 @@ pub struct OrderRow<'a> {
     pub prize_id: Option<&'a str>,
     pub item_name: &'a str,
     pub award_type: AwardType,
+    /// The payment's reference, on an order the payments service paid.
+    pub payment_ref: Option<&'a str>,
 }
 
 impl<'a> OrderRow<'a> {
@@ -296,6 +307,7 @@ impl<'a> OrderRow<'a> {
             prize_id: e.prize_id.as_deref(),
             item_name: &e.item_name,
             award_type: e.award_type,
+            payment_ref: None,
         }
     }
 
@@ -313,6 +325,7 @@ impl<'a> OrderRow<'a> {
             prize_id: e.prize_id.as_deref(),
             item_name: &e.item_name,
             award_type: e.award_type,
+            payment_ref: e.payment_ref.as_deref(),
         }
     }
 }
@@ -363,7 +376,9 @@ pub struct Rejected {
 }
 
 /// An order moved to `paid`, `cancelled` or `expired`. Carries the whole
-/// order so a store that missed its creation can still write it.
+/// order so a store that missed its creation can still write it. A pay
+/// that repeats the one that paid the order (same `payment_ref`, another
+/// request id) gets this `paid` event again, with the first pay's time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderChanged {
     pub schema_version: u32,
@@ -384,6 +399,10 @@ pub struct OrderChanged {
     pub item_name: String,
     #[serde(default)]
     pub award_type: AwardType,
+    /// The payment's reference, on `paid` (absent on an order paid before
+    /// references were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_ref: Option<String>,
 }
 
 /// A pay or cancel was refused.

@@ -55,36 +55,3 @@ mod tests {
         );
     }
 }
-
-/// Where a lottery draw lands, uniform in [0, 1): a function of the
-/// campaign's seed and the request id only, so a redelivered request draws
-/// the same result on any processor.
-pub fn draw_point(seed: &str, request_id: &str) -> f64 {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(seed.as_bytes());
-    h.update([0u8]);
-    h.update(request_id.as_bytes());
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    // 53 random bits: every value is an exact double below 1.
-    (u64::from_be_bytes(first) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-#[cfg(test)]
-mod draw_tests {
-    use super::draw_point;
-
-    #[test]
-    fn draws_repeat_and_spread_evenly() {
-        assert_eq!(draw_point("s", "r1"), draw_point("s", "r1"));
-        assert_ne!(draw_point("s", "r1"), draw_point("t", "r1"));
-        let n = 100_000;
-        let below: usize = (0..n)
-            .filter(|i| draw_point("seed", &i.to_string()) < 0.2)
-            .count();
-        // Binomial(100000, 0.2): sd = 126; 4 sd either side.
-        assert!((19_496..=20_504).contains(&below), "{below}");
-    }
-}

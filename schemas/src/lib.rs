@@ -13,6 +13,7 @@
 mod api;
 mod auth;
 mod campaign;
+mod draw;
 mod events;
 mod ids;
 mod reason;
@@ -24,7 +25,7 @@ mod validate;
 pub mod json_schema;
 
 pub use api::{
-    AddStockBody, Decision, DecisionStatus, OrderCommandResult, OrderStatus, OrderView,
+    AddStockBody, Decision, DecisionStatus, OrderCommandResult, OrderStatus, OrderView, PayBody,
     PurchaseBody, RequestAccepted, UnknownStatus, UserParticipation,
 };
 pub use auth::{AuthError, MIN_KEY_BYTES};
@@ -32,17 +33,24 @@ pub use campaign::{
     AwardType, CampaignKind, CampaignSpec, CampaignState, CampaignView, DrawStrategy, PrizeSpec,
     PrizeStock, StockView,
 };
+pub use draw::{
+    commitment as draw_commitment, draw_key_from_command_key, draw_point, DrawSecret,
+    DRAW_KEY_DOMAIN, DRAW_SECRET_DOMAIN, MIN_DRAW_KEY_BYTES,
+};
 pub use events::{
     CampaignAction, CampaignApplied, CampaignCommand, CampaignOutcome, ExpireDue,
     FulfilmentRequested, OrderAction, OrderChanged, OrderCommand, OrderCommandRejected, OrderEvent,
     OrderRow, PurchaseRequested, Rejected, RequestEvent, Reserved, UpsertCampaign,
 };
-pub use ids::{draw_point, order_id_for, request_id_for_key};
+pub use ids::{order_id_for, request_id_for_key};
 pub use reason::{RefusalReason, UnknownReason};
 pub use rules::{Attributes, CompareOp, Rule};
 pub use state::{CampaignKeys, KeyLayout};
 pub use topics::Topics;
-pub use validate::{validate_campaign_id, validate_user_id, ValidationError, MAX_QUANTITY};
+pub use validate::{
+    validate_campaign_id, validate_payment_ref, validate_user_id, ValidationError, MAX_PAYMENT_REF,
+    MAX_QUANTITY,
+};
 
 /// The schema version this build writes. Readers accept any version up to it
 /// and, because changes are additive, newer ones too.

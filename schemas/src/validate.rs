@@ -1,6 +1,7 @@
 use crate::{order_id_for, OrderEvent};
 use crate::{
-    CampaignAction, CampaignKind, CampaignSpec, PurchaseRequested, RequestEvent, SCHEMA_VERSION,
+    CampaignAction, CampaignKind, CampaignSpec, OrderAction, PurchaseRequested, RequestEvent,
+    SCHEMA_VERSION,
 };
 
 /// Why an event or body was refused; the message says what to fix.
@@ -61,6 +62,29 @@ fn validate_request_id(id: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The longest payment reference, in characters (bytes: ASCII only).
+pub const MAX_PAYMENT_REF: usize = 128;
+
+/// Payment references: 1-128 printable ASCII characters (space to `~`).
+pub fn validate_payment_ref(r: &str) -> Result<(), ValidationError> {
+    if r.is_empty() || r.len() > MAX_PAYMENT_REF {
+        return Err(invalid(
+            "payment_ref",
+            format!(
+                "must be 1-{MAX_PAYMENT_REF} characters long, got {}",
+                r.chars().count()
+            ),
+        ));
+    }
+    if let Some(bad) = r.chars().find(|c| !matches!(c, ' '..='~')) {
+        return Err(invalid(
+            "payment_ref",
+            format!("may only contain printable ASCII characters (space to '~'), not {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The largest quantity one request may ask for.
 pub const MAX_QUANTITY: u32 = 1000;
 
@@ -107,12 +131,11 @@ impl CampaignSpec {
             let lottery_only = self.win_rate.is_some()
                 || !self.prizes.is_empty()
                 || self.strategy.is_some()
-                || self.max_attempts_per_user.is_some()
-                || self.seed.is_some();
+                || self.max_attempts_per_user.is_some();
             if lottery_only {
                 return Err(invalid(
                     "kind",
-                    "win_rate, prizes, strategy, max_attempts_per_user and seed need kind \"lottery\"",
+                    "win_rate, prizes, strategy and max_attempts_per_user need kind \"lottery\"",
                 ));
             }
             return Ok(());
@@ -227,7 +250,19 @@ impl RequestEvent {
             },
             Self::OrderCommand(o) => {
                 validate_user_id(&o.user_id)?;
-                validate_request_id(&o.order_id).map_err(|e| invalid("order_id", e.problem))
+                validate_request_id(&o.order_id).map_err(|e| invalid("order_id", e.problem))?;
+                match (o.action, &o.payment_ref) {
+                    (OrderAction::Pay, Some(r)) => validate_payment_ref(r),
+                    (OrderAction::Pay, None) => Err(invalid(
+                        "payment_ref",
+                        "a pay needs the payment's reference (1-128 printable ASCII characters)",
+                    )),
+                    (OrderAction::Cancel, Some(_)) => Err(invalid(
+                        "payment_ref",
+                        "a cancel carries no payment reference; leave it out",
+                    )),
+                    (OrderAction::Cancel, None) => Ok(()),
+                }
             }
             Self::ExpireDue(_) => Ok(()),
         }
@@ -241,6 +276,9 @@ impl OrderEvent {
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_request_id(self.request_id())?;
         if let Some((_, r)) = self.order_state() {
+            if let Some(p) = r.payment_ref {
+                validate_payment_ref(p)?;
+            }
             validate_campaign_id(r.campaign_id)?;
             validate_user_id(r.user_id)?;
             validate_quantity(r.quantity)?;
@@ -277,6 +315,48 @@ mod tests {
         assert!(validate_user_id("alice@example.com").is_ok());
         assert!(validate_user_id("a|b").is_err());
         assert!(validate_user_id("").is_err());
+    }
+
+    fn order_command(action: OrderAction, payment_ref: Option<&str>) -> RequestEvent {
+        RequestEvent::OrderCommand(crate::OrderCommand {
+            schema_version: 1,
+            request_id: "cmd-1".into(),
+            campaign_id: "c".into(),
+            order_id: "o-1".into(),
+            user_id: "payments".into(),
+            action,
+            requested_at_ms: None,
+            payment_ref: payment_ref.map(str::to_owned),
+            auth: None,
+        })
+    }
+
+    #[test]
+    fn a_pay_needs_a_payment_ref_and_a_cancel_carries_none() {
+        let err = |e: RequestEvent| e.validate().expect_err("must be refused");
+        assert!(order_command(OrderAction::Pay, Some("pi_3N|x 42~"))
+            .validate()
+            .is_ok());
+        assert!(order_command(OrderAction::Pay, Some(&"r".repeat(128)))
+            .validate()
+            .is_ok());
+        assert!(order_command(OrderAction::Cancel, None).validate().is_ok());
+
+        let missing = err(order_command(OrderAction::Pay, None));
+        assert_eq!(missing.field, "payment_ref");
+        assert!(missing.problem.contains("a pay needs"), "{missing}");
+        let empty = err(order_command(OrderAction::Pay, Some("")));
+        assert!(empty.problem.contains("1-128"), "{empty}");
+        let long = err(order_command(OrderAction::Pay, Some(&"r".repeat(129))));
+        assert!(long.problem.contains("got 129"), "{long}");
+        for bad in ["tab\there", "new\nline", "caf\u{e9}", "del\u{7f}"] {
+            let e = err(order_command(OrderAction::Pay, Some(bad)));
+            assert_eq!(e.field, "payment_ref", "{bad:?}");
+            assert!(e.problem.contains("printable ASCII"), "{bad:?}: {e}");
+        }
+        let cancel = err(order_command(OrderAction::Cancel, Some("pi_1")));
+        assert_eq!(cancel.field, "payment_ref");
+        assert!(cancel.problem.contains("a cancel carries no"), "{cancel}");
     }
 
     #[test]

@@ -103,16 +103,58 @@ impl Api {
         }
     }
 
+    // -- callers -------------------------------------------------------------
+
+    /// `Bearer <token>` for `user`, with `roles` and eligibility
+    /// `attributes`, signed with the stacks' key ([`super::jwt_key`]).
+    pub(crate) fn bearer_with(user: &str, roles: &[&str], attributes: Option<&Value>) -> String {
+        let token = seckill_ingest::mint(
+            super::jwt_key(),
+            &seckill_ingest::TokenClaims {
+                sub: user.to_owned(),
+                roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+                attributes: attributes.and_then(|a| a.as_object().cloned()),
+                ttl: Duration::from_secs(3600),
+                issuer: None,
+                audience: None,
+            },
+        );
+        format!("Bearer {token}")
+    }
+
+    /// A buyer's `Authorization` value.
+    pub(crate) fn bearer(user: &str) -> String {
+        Api::bearer_with(user, &[], None)
+    }
+
+    /// The `Authorization` value of the operator (role admin), which
+    /// [`Api::get`] and [`Api::post`] send unless told otherwise.
+    pub(crate) fn admin() -> String {
+        Api::bearer_with("test-ops", &["admin"], None)
+    }
+
+    /// The payment service's `Authorization` value (role payments).
+    pub(crate) fn payments() -> String {
+        Api::bearer_with("test-payments", &["payments"], None)
+    }
+
+    /// GET as the operator.
     pub(crate) async fn get(&self, path: &str) -> Result<Reply, String> {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        self.get_as(path, Some(&Api::admin())).await
+    }
+
+    /// GET with this `Authorization` value (none: anonymous).
+    pub(crate) async fn get_as(&self, path: &str, auth: Option<&str>) -> Result<Reply, String> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let r = req.send().await.map_err(|e| format!("GET {path}: {e}"))?;
         Reply::read(r).await
     }
 
+    /// POST with `headers`; as the operator unless they hold an
+    /// `Authorization`.
     pub(crate) async fn post(
         &self,
         path: &str,
@@ -120,6 +162,12 @@ impl Api {
         headers: &[(&str, &str)],
     ) -> Result<Reply, String> {
         let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            req = req.header("Authorization", Api::admin());
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -198,7 +246,8 @@ impl Api {
         if let Some(q) = quantity {
             body["quantity"] = json!(q);
         }
-        let mut headers = vec![("X-User-Id", user)];
+        let auth = Api::bearer(user);
+        let mut headers = vec![("Authorization", auth.as_str())];
         if let Some(k) = key {
             headers.push(("Idempotency-Key", k));
         }
@@ -258,7 +307,7 @@ impl Api {
         panic!("POST /v1/purchases ({campaign}, {user}, key {key}) kept failing: {last}");
     }
 
-    /// GET /v1/requests/{id}: `Some` once decided.
+    /// GET /v1/requests/{id}: `Some` once decided (read as the operator).
     pub(crate) async fn decision(&self, request_id: &str) -> Result<Option<Decision>, String> {
         let reply = self.get(&format!("/v1/requests/{request_id}")).await?;
         match reply.status {

@@ -517,6 +517,15 @@ pub(crate) struct Stack {
     dir: tempfile::TempDir,
 }
 
+/// The HS256 key of every stack this test process starts, so any [`Api`]
+/// can sign its callers' tokens.
+///
+/// [`Api`]: http::Api
+pub(crate) fn jwt_key() -> &'static [u8] {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| token(32)).as_bytes()
+}
+
 impl Stack {
     pub(crate) async fn start() -> Stack {
         Stack::start_with_redis_args(&[]).await
@@ -536,6 +545,8 @@ impl Stack {
         let key_prefix = format!("k{}", token(10));
         let store_path = dir.path().join("orders.db");
         std::fs::write(dir.path().join("command.key"), token(32)).expect("write command.key");
+        std::fs::write(dir.path().join("draw.key"), token(32)).expect("write draw.key");
+        std::fs::write(dir.path().join("jwt.key"), jwt_key()).expect("write jwt.key");
         Stack {
             redis,
             tansu,
@@ -598,9 +609,20 @@ impl Stack {
         format!("redis://127.0.0.1:{}", self.redis_port)
     }
 
+    /// The HS256 key ingest checks callers' tokens with ([`jwt_key`]).
+    pub(crate) fn jwt_key_path(&self) -> String {
+        self.dir.path().join("jwt.key").display().to_string()
+    }
+
     /// The command key every role of this stack shares.
     pub(crate) fn command_key_path(&self) -> String {
         self.dir.path().join("command.key").display().to_string()
+    }
+
+    /// The draw key ingest and the processors of this stack share: every
+    /// lottery's draw secret is derived from it.
+    pub(crate) fn draw_key_path(&self) -> String {
+        self.dir.path().join("draw.key").display().to_string()
     }
 
     pub(crate) fn store_url(&self) -> String {
@@ -632,6 +654,8 @@ impl Stack {
             ),
             ("SECKILL_RATE_LIMIT_PER_USER", "100000".to_owned()),
             ("SECKILL_COMMAND_KEY_FILE", self.command_key_path()),
+            ("SECKILL_DRAW_KEY_FILE", self.draw_key_path()),
+            ("SECKILL_JWT_HS256_KEY_FILE", self.jwt_key_path()),
             ("SECKILL_LOG", log),
         ]
         .into_iter()
@@ -678,6 +702,17 @@ impl Stack {
     /// unless it succeeds within `secs`.
     pub(crate) async fn seckill_run(&self, args: &[&str], extra: &[(&str, &str)], secs: u64) {
         seckill::run_to_completion(self, args, extra, secs).await;
+    }
+
+    /// Runs `seckill <args>` to its end, whether it succeeds or fails, and
+    /// says how it ended (for commands whose failure is the point).
+    pub(crate) async fn seckill_exit(
+        &self,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        secs: u64,
+    ) -> seckill::Exit {
+        seckill::run_to_exit(self, args, extra, secs).await
     }
 
     /// Runs `seckill <args>` to completion like [`Stack::seckill_run`] and

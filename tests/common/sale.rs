@@ -188,10 +188,9 @@ pub(crate) async fn buy(
     key: &str,
     attributes: Option<&Value>,
 ) -> Decision {
-    let mut body = json!({ "campaign_id": cid });
-    if let Some(a) = attributes {
-        body["attributes"] = a.clone();
-    }
+    let body = json!({ "campaign_id": cid });
+    // Eligibility attributes travel in the caller's token.
+    let auth = Api::bearer_with(user, &[], attributes);
     let mut last = String::new();
     for attempt in 0..12u64 {
         if attempt > 0 {
@@ -201,7 +200,7 @@ pub(crate) async fn buy(
             .post(
                 "/v1/purchases?wait_ms=10000",
                 &body,
-                &[("X-User-Id", user), ("Idempotency-Key", key)],
+                &[("Authorization", &auth), ("Idempotency-Key", key)],
             )
             .await
         {
@@ -297,9 +296,10 @@ impl Answer {
     }
 }
 
-/// POST /v1/orders/{id}/{verb}?wait_ms=10000 as `user`. Without a key the
-/// request id is derived from (user, verb, order), so re-posting after a
-/// 202, a 5xx or a transport error is the same request and safe.
+/// POST /v1/orders/{id}/{verb}?wait_ms=10000: a cancel as `user`, a pay as
+/// the payment service (with payment ref `ref-<key or 1>`). Without a key
+/// the request id is derived from (caller, verb, order, ref), so re-posting
+/// after a 202, a 5xx or a transport error is the same request and safe.
 pub(crate) async fn order_command(
     api: &Api,
     order_id: &str,
@@ -308,7 +308,17 @@ pub(crate) async fn order_command(
     key: Option<&str>,
 ) -> Answer {
     let path = format!("/v1/orders/{order_id}/{verb}?wait_ms=10000");
-    let mut headers = vec![("X-User-Id", user)];
+    // A pay comes from the payment service (role payments) with a reference
+    // derived from the key: the same key, the same payment.
+    let (auth, body) = if verb == "pay" {
+        (
+            Api::payments(),
+            json!({ "payment_ref": format!("ref-{}", key.unwrap_or("1")) }),
+        )
+    } else {
+        (Api::bearer(user), json!({}))
+    };
+    let mut headers = vec![("Authorization", auth.as_str())];
     if let Some(k) = key {
         headers.push(("Idempotency-Key", k));
     }
@@ -317,7 +327,7 @@ pub(crate) async fn order_command(
     let mut last;
     let mut early_404s = 0;
     loop {
-        match api.post(&path, &json!({}), &headers).await {
+        match api.post(&path, &body, &headers).await {
             Ok(r) if r.status == 202 || r.status == 429 || r.status >= 500 => {
                 last = format!("{}: {}", r.status, r.body)
             }

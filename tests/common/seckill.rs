@@ -54,9 +54,12 @@ impl Seckill {
     /// SECKILL_METRICS_ADDR, unless `extra` sets them.
     pub(crate) fn new(stack: &Stack, args: &[&str], extra: &[(&str, &str)]) -> Seckill {
         let mut env = stack.seckill_env();
+        // An empty value removes the variable.
         for (k, v) in extra {
             env.retain(|(ek, _)| ek != k);
-            env.push(((*k).to_owned(), (*v).to_owned()));
+            if !v.is_empty() {
+                env.push(((*k).to_owned(), (*v).to_owned()));
+            }
         }
         let role = args.first().copied().unwrap_or("");
         let lookup = |env: &[(String, String)], key: &str| {
@@ -276,6 +279,34 @@ pub(crate) async fn run_to_completion(
     extra: &[(&str, &str)],
     secs: u64,
 ) -> String {
+    let run = run_to_exit(stack, args, extra, secs).await;
+    assert!(
+        run.success,
+        "{} failed with {}; stdout:\n{}\nlog:\n{}",
+        run.name, run.status, run.stdout, run.log
+    );
+    run.stdout
+}
+
+/// How a `seckill` command that ran to its end ended.
+pub(crate) struct Exit {
+    pub(crate) name: String,
+    pub(crate) success: bool,
+    pub(crate) status: String,
+    /// What it printed on stdout.
+    pub(crate) stdout: String,
+    /// The end of its log (stderr).
+    pub(crate) log: String,
+}
+
+/// Runs `seckill <args>` to its end, successful or not (panics only if it
+/// does not end within `secs`).
+pub(crate) async fn run_to_exit(
+    stack: &Stack,
+    args: &[&str],
+    extra: &[(&str, &str)],
+    secs: u64,
+) -> Exit {
     let mut s = Seckill::new(stack, args, extra);
     let out_path = s.log.with_extension("out");
     let out = std::fs::File::create(&out_path)
@@ -303,12 +334,11 @@ pub(crate) async fn run_to_completion(
         }
     };
     s.child = None;
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    assert!(
-        status.success(),
-        "{} failed with {status}; stdout:\n{stdout}\nlog:\n{}",
-        s.name,
-        s.log_tail(6000)
-    );
-    stdout
+    Exit {
+        name: s.name.clone(),
+        success: status.success(),
+        status: status.to_string(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        log: s.log_tail(6000),
+    }
 }

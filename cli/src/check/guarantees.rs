@@ -394,6 +394,7 @@ mod tests {
             prize_id: None,
             item_name: String::new(),
             award_type: AwardType::default(),
+            payment_ref: None,
         }
     }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::collections::BTreeMap;
@@ -20,6 +20,7 @@ use seckill_schemas::{
 use super::queue::submit;
 use crate::body;
 use crate::cache::{read_count, read_definition, read_view, ReadError};
+use crate::identity::Role;
 use crate::listener::Wakeup;
 use crate::problem::Problem;
 use crate::state::{App, AppState};
@@ -48,28 +49,9 @@ fn read_failed(e: ReadError) -> Problem {
     }
 }
 
-pub(super) fn check_admin(app: &App, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(token) = &app.config.admin_token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(token.as_str()) {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the admin API needs 'Authorization: Bearer <admin token>' (SECKILL_ADMIN_TOKEN)",
-        ))
-    }
-}
-
 async fn view_response(app: &App, id: &str, status: StatusCode) -> Response {
     let mut con = app.redis.clone();
-    match read_view(&mut con, &app.keys, id).await {
+    match read_view(&mut con, &app.keys, &app.config.draw_key, id).await {
         Ok(Some(view)) => (status, Json(view)).into_response(),
         Ok(None) => Problem::not_found(format!("campaign {id:?} does not exist")).into_response(),
         Err(e) => read_failed(e).into_response(),
@@ -95,8 +77,12 @@ async fn create_inner(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    check_admin(app, headers)?;
-    let spec: CampaignSpec = body::parse(body, app.config.max_body_bytes)?;
+    app.identity.with_role(headers, Role::Admin).await?;
+    let spec: CampaignSpec = body::parse_hinted(
+        body,
+        app.config.max_body_bytes,
+        CampaignSpec::REFUSED_FIELDS,
+    )?;
     spec.validate()
         .map_err(|e| Problem::bad_request(format!("invalid campaign: {e}")))?;
     let ours = serde_json::to_string(&spec).unwrap_or_default();
@@ -175,7 +161,7 @@ async fn command(
     id: &str,
     action: CampaignAction,
 ) -> Result<Response, Problem> {
-    check_admin(app, headers)?;
+    app.identity.with_role(headers, Role::Admin).await?;
     validate_campaign_id(id).map_err(|e| Problem::bad_request(e.to_string()))?;
     let mut con = app.redis.clone();
     if read_definition(&mut con, &app.keys, id)
@@ -275,6 +261,9 @@ pub(super) async fn reset(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(p) = app.identity.with_role(&headers, Role::Admin).await {
+        return p.into_response();
+    }
     if !app.config.enable_reset {
         return Problem::new(
             StatusCode::FORBIDDEN,
@@ -292,7 +281,16 @@ pub(super) async fn reset(
 pub(super) async fn user(
     State(app): State<AppState>,
     Path((id, user_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
+    match app.identity.caller(&headers).await {
+        Ok(c) if c.may_see(&user_id) => {}
+        Ok(_) => {
+            return crate::identity::forbidden("another user's participation needs the role admin")
+                .into_response()
+        }
+        Err(p) => return p.into_response(),
+    }
     let k = app.keys.campaign(&id);
     let mut con = app.redis.clone();
     let r: Result<(Option<String>, Option<String>, Option<String>), _> = redis::pipe()
@@ -340,9 +338,16 @@ fn read_decisions(
 }
 
 /// `GET /v1/campaigns/{id}/stats`: stock, and requests decided by outcome.
-pub(super) async fn stats(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+pub(super) async fn stats(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(p) = app.identity.with_role(&headers, Role::Admin).await {
+        return p.into_response();
+    }
     let mut con = app.redis.clone();
-    let view = match read_view(&mut con, &app.keys, &id).await {
+    let view = match read_view(&mut con, &app.keys, &app.config.draw_key, &id).await {
         Ok(Some(v)) => v,
         Ok(None) => {
             return Problem::not_found(format!("campaign {id:?} does not exist")).into_response()

@@ -1,11 +1,12 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::identity::Role;
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -39,9 +40,14 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
         .as_object()
         .is_some_and(|o| o.values().all(|v| v == "ok"));
     if all_ok {
-        Json(json!({"status": "ready", "checks": checks})).into_response()
+        Json(json!({"status": "ready", "checks": checks, "auth": app.identity.describe()}))
+            .into_response()
     } else {
-        Problem::unavailable(format!("not ready: {checks}")).into_response()
+        Problem::unavailable(format!(
+            "not ready: {checks} (auth: {})",
+            app.identity.describe()
+        ))
+        .into_response()
     }
 }
 
@@ -55,7 +61,10 @@ pub(super) async fn metrics() -> Response {
 }
 
 /// `GET /v1/stats`: the whole system at a glance.
-pub(super) async fn system_stats(State(app): State<AppState>) -> Response {
+pub(super) async fn system_stats(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(p) = app.identity.with_role(&headers, Role::Admin).await {
+        return p.into_response();
+    }
     let mut con = app.redis.clone();
     let campaigns: Result<u64, _> = redis::cmd("SCARD")
         .arg(app.keys.campaigns())

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,22 +9,36 @@ use axum::Json;
 use serde::Deserialize;
 
 use seckill_schemas::{
-    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, RefusalReason,
-    RequestEvent, SCHEMA_VERSION,
+    now_ms, request_id_for_key, OrderAction, OrderCommand, OrderCommandResult, PayBody,
+    RefusalReason, RequestEvent, SCHEMA_VERSION,
 };
 use seckill_store::OrderFilter;
 
 use super::campaigns::read_result;
-use super::purchases::{idempotency_key, user_of};
+use super::purchases::idempotency_key;
 use super::queue::{accepted, submit};
+use crate::body;
+use crate::identity::{forbidden, Role};
 use crate::listener::Wakeup;
 use crate::problem::Problem;
 use crate::state::{App, AppState};
 
 const MAX_LIMIT: usize = 1000;
 
-pub(super) async fn get(State(app): State<AppState>, Path(order_id): Path<String>) -> Response {
+/// `GET /v1/orders/{id}`: the caller's own order (any order for an admin).
+pub(super) async fn get(
+    State(app): State<AppState>,
+    Path(order_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match app.identity.caller(&headers).await {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
     match app.store.get_order(&order_id).await {
+        Ok(Some(o)) if !caller.may_see(&o.user_id) => {
+            forbidden("the order belongs to another user").into_response()
+        }
         Ok(Some(o)) => Json(o).into_response(),
         Ok(None) => Problem::not_found(format!(
             "no order {order_id:?} in the store (a fresh reservation may take a moment to be stored)"
@@ -42,12 +57,18 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /v1/orders?campaign_id=&user_id=&limit=&after=`, ordered by order id;
-/// pass the last order id as `after` for the next page.
+/// pass the last order id as `after` for the next page. A caller lists their
+/// own orders; another `user_id`, or every user's, needs the role admin.
 pub(super) async fn list(
     State(app): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let Query(q) = match query {
+    let caller = match app.identity.caller(&headers).await {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
+    let Query(mut q) = match query {
         Ok(q) => q,
         Err(e) => return Problem::bad_request(format!("bad query string: {e}")).into_response(),
     };
@@ -55,6 +76,16 @@ pub(super) async fn list(
     if limit == 0 || limit > MAX_LIMIT {
         return Problem::bad_request(format!("limit must be between 1 and {MAX_LIMIT}"))
             .into_response();
+    }
+    match &q.user_id {
+        None if !caller.has(Role::Admin) => q.user_id = Some(caller.user.clone()),
+        Some(u) if !caller.may_see(u) => {
+            return forbidden(
+                "orders of another user need the role admin; leave out user_id for your own",
+            )
+            .into_response()
+        }
+        _ => {}
     }
     let filter = OrderFilter {
         campaign_id: q.campaign_id,
@@ -75,16 +106,30 @@ pub(super) struct WaitQuery {
     wait_ms: Option<u64>,
 }
 
-/// `POST /v1/orders/{id}/pay[?wait_ms=N]`.
+/// `POST /v1/orders/{id}/pay[?wait_ms=N]` {payment_ref}: the payment
+/// service confirms a payment (role payments).
 pub(super) async fn pay(
     State(app): State<AppState>,
     Path(order_id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<WaitQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    order_command(&app, &order_id, &headers, query, OrderAction::Pay)
+    let run = async {
+        let caller = app.identity.with_role(&headers, Role::Payments).await?;
+        let b: PayBody = body::parse(body, app.config.max_body_bytes)?;
+        order_command(
+            &app,
+            &order_id,
+            &caller.user,
+            &headers,
+            query,
+            OrderAction::Pay,
+            Some(b.payment_ref),
+        )
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `POST /v1/orders/{id}/cancel[?wait_ms=N]`.
@@ -94,9 +139,20 @@ pub(super) async fn cancel(
     headers: HeaderMap,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Response {
-    order_command(&app, &order_id, &headers, query, OrderAction::Cancel)
+    let run = async {
+        let caller = app.identity.caller(&headers).await?;
+        order_command(
+            &app,
+            &order_id,
+            &caller.user,
+            &headers,
+            query,
+            OrderAction::Cancel,
+            None,
+        )
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// The campaign an order belongs to: recorded by the processor with the
@@ -152,9 +208,11 @@ fn refused(result: &OrderCommandResult) -> Problem {
 async fn order_command(
     app: &App,
     order_id: &str,
+    user: &str,
     headers: &HeaderMap,
     query: Result<Query<WaitQuery>, QueryRejection>,
     action: OrderAction,
+    payment_ref: Option<String>,
 ) -> Result<Response, Problem> {
     let Query(q) = query.map_err(|e| Problem::bad_request(format!("bad query string: {e}")))?;
     let wait_ms = q.wait_ms.unwrap_or(0);
@@ -167,7 +225,6 @@ async fn order_command(
     if order_id.is_empty() || order_id.len() > 128 {
         return Err(Problem::bad_request("order_id must be 1-128 characters"));
     }
-    let user = user_of(headers)?;
     let Some(campaign_id) = campaign_of(app, order_id).await? else {
         return Err(Problem::not_found(format!("no order {order_id:?}")));
     };
@@ -177,8 +234,13 @@ async fn order_command(
     };
     // Paying (or cancelling) one order twice is one intent, so without a key
     // the request id is derived from the order: a retry is safe either way.
-    let key = idempotency_key(headers)?.unwrap_or_else(|| format!("{verb}:{order_id}"));
-    let request_id = request_id_for_key(&user, &campaign_id, &format!("{verb}:{order_id}:{key}"));
+    // A payment reference is part of the intent: the same ref again is a
+    // retry, another ref is another payment (refused once the order is paid).
+    let key = idempotency_key(headers)?.unwrap_or_else(|| match &payment_ref {
+        Some(r) => format!("{verb}:{order_id}:ref:{r}"),
+        None => format!("{verb}:{order_id}"),
+    });
+    let request_id = request_id_for_key(user, &campaign_id, &format!("{verb}:{order_id}:{key}"));
     if let Some(r) = read_result::<OrderCommandResult>(app, &request_id).await {
         return Ok(answer(r));
     }
@@ -187,11 +249,15 @@ async fn order_command(
         request_id: request_id.clone(),
         campaign_id,
         order_id: order_id.to_owned(),
-        user_id: user,
+        user_id: user.to_owned(),
         action,
         requested_at_ms: Some(now_ms()),
+        payment_ref,
         auth: None,
     });
+    event
+        .validate()
+        .map_err(|e| Problem::bad_request(format!("the command cannot be accepted: {e}")))?;
     let pick = |w| match w {
         Wakeup::Order(r) => Some(r),
         _ => None,

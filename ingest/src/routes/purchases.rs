@@ -2,20 +2,21 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
 use seckill_schemas::{
-    now_ms, request_id_for_key, validate_campaign_id, validate_user_id, Attributes, CampaignKind,
-    CampaignState, Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RefusalReason,
-    RequestEvent, MAX_QUANTITY, SCHEMA_VERSION,
+    now_ms, request_id_for_key, validate_campaign_id, Attributes, CampaignKind, CampaignState,
+    Decision, DecisionStatus, PurchaseBody, PurchaseRequested, RefusalReason, RequestEvent,
+    MAX_QUANTITY, SCHEMA_VERSION,
 };
 
 use super::queue::{accepted, submit};
 use super::requests::read_decision;
+use super::ClientIp;
 use crate::body;
 use crate::cache::{state_at, Snapshot};
 use crate::internal_events;
@@ -36,30 +37,18 @@ pub(super) struct WaitQuery {
 /// `POST /v1/purchases[?wait_ms=N]`.
 pub(super) async fn create(
     State(app): State<AppState>,
+    Extension(ip): Extension<ClientIp>,
     headers: HeaderMap,
     query: Result<Query<WaitQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match purchase(&app, &headers, query, body).await {
+    match purchase(&app, ip, &headers, query, body).await {
         Ok(r) => r,
         Err(p) => {
             internal_events::purchase("refused");
             p.into_response()
         }
     }
-}
-
-pub(super) fn user_of(headers: &HeaderMap) -> Result<String, Problem> {
-    let user = headers
-        .get("x-user-id")
-        .ok_or_else(|| {
-            Problem::bad_request("missing user: send the user id in the X-User-Id header")
-        })?
-        .to_str()
-        .map_err(|_| Problem::bad_request("X-User-Id must be printable ASCII"))?;
-    validate_user_id(user)
-        .map_err(|e| Problem::bad_request(format!("X-User-Id: {}", e.problem)))?;
-    Ok(user.to_owned())
 }
 
 pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -76,7 +65,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Pro
     Ok(Some(key.to_owned()))
 }
 
-fn too_many(detail: &str) -> Problem {
+pub(super) fn too_many(detail: &str) -> Problem {
     Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests", detail).retry_after(1)
 }
 
@@ -117,6 +106,7 @@ fn fast_answer(
 
 async fn purchase(
     app: &App,
+    ClientIp(ip): ClientIp,
     headers: &HeaderMap,
     query: Result<Query<WaitQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -133,23 +123,21 @@ async fn purchase(
             app.config.max_wait_ms
         )));
     }
-    let user = user_of(headers)?;
-    if app.global.as_ref().is_some_and(|l| l.check().is_err()) {
-        return Err(too_many(
-            "the sale is over its request rate; retry in a moment",
-        ));
-    }
-    if app
-        .per_user
-        .as_ref()
-        .is_some_and(|l| l.check_key(&user).is_err())
-    {
-        return Err(too_many(
-            "this user sends requests too fast; retry in a moment",
-        ));
-    }
-    let body: PurchaseBody = body::parse(body, app.config.max_body_bytes)?;
+    let caller = app.identity.caller(headers).await?;
+    let user = caller.user;
+    let body: PurchaseBody = body::parse_hinted(
+        body,
+        app.config.max_body_bytes,
+        &[(
+            "attributes",
+            "eligibility attributes come from the caller's token (its attributes claim), \
+             never from the request body; remove the field",
+        )],
+    )?;
     validate_campaign_id(&body.campaign_id).map_err(|e| Problem::bad_request(e.to_string()))?;
+    app.limits
+        .check(&user, ip, &body.campaign_id)
+        .map_err(too_many)?;
     let quantity = body.quantity.unwrap_or(1);
     if quantity == 0 || quantity > MAX_QUANTITY {
         return Err(Problem::bad_request(format!(
@@ -177,7 +165,7 @@ async fn purchase(
         user_id: user.clone(),
         quantity,
         requested_at_ms: Some(now_ms()),
-        attributes: body.attributes.clone(),
+        attributes: caller.attributes.clone(),
     });
     // One validation for both sides: what a processor would dead-letter is
     // refused here, before the client is told it was accepted.
@@ -199,7 +187,8 @@ async fn purchase(
                     "a lottery draw is for one prize: send quantity 1 or none",
                 ));
             }
-            if let Some((status, reason)) = fast_answer(&snap, quantity, body.attributes.as_ref()) {
+            if let Some((status, reason)) = fast_answer(&snap, quantity, caller.attributes.as_ref())
+            {
                 internal_events::purchase(if status == DecisionStatus::SoldOut {
                     "fast_sold_out"
                 } else {

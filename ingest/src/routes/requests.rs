@@ -1,8 +1,10 @@
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use seckill_schemas::{Decision, DecisionStatus, RequestAccepted};
 
+use crate::identity::Role;
 use crate::problem::Problem;
 use crate::state::App;
 use crate::state::AppState;
@@ -52,12 +54,33 @@ pub(crate) async fn read_decision(
 /// `GET /v1/requests/{id}`: the decision, or `pending` while there is none.
 /// Reads what the processor recorded in Redis, so it does not depend on the
 /// sink having caught up.
-pub(super) async fn get(State(app): State<AppState>, Path(request_id): Path<String>) -> Response {
+/// A caller reads the results of their own requests; an admin any.
+pub(super) async fn get(
+    State(app): State<AppState>,
+    Path(request_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match app.identity.caller(&headers).await {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
     if request_id.is_empty() || request_id.len() > 128 {
         return Problem::bad_request("request_id must be 1-128 characters").into_response();
     }
     match read_result_json(&app, &request_id).await {
-        Ok(Some(d)) => Json(d).into_response(),
+        Ok(Some(d)) => {
+            // A result names its user, except a campaign command's (admin).
+            let owner = d.get("user_id").and_then(|u| u.as_str());
+            let allowed = match owner {
+                Some(u) => caller.may_see(u),
+                None => caller.has(Role::Admin),
+            };
+            if allowed {
+                Json(d).into_response()
+            } else {
+                crate::identity::forbidden("the request is another user's").into_response()
+            }
+        }
         Ok(None) => Json(RequestAccepted {
             request_id,
             status: DecisionStatus::Pending,

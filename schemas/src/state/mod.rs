@@ -12,7 +12,7 @@ mod keys;
 mod records;
 
 pub use keys::{CampaignKeys, KeyLayout};
-pub use records::{Answer, OrderRecord, RecordError, StockCounters, StoredOrder};
+pub use records::{Answer, OrderRecord, Payment, RecordError, StockCounters, StoredOrder};
 
 /// Fields of the campaign's `meta` hash.
 pub mod meta {

@@ -1,6 +1,8 @@
 //! The records a campaign's hashes hold, one codec each. Fields are joined
 //! by `|` (ids and user ids never contain it: see `validate`), several
-//! records of one answer by a newline.
+//! records of one answer by a newline. A payment reference may contain
+//! `|` (never a newline): it is always a record's last field, read as the
+//! rest of the record.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -44,6 +46,30 @@ impl<'a> Reader<'a> {
             raw,
             f: fields(kind, raw, n)?,
         })
+    }
+
+    /// A record of `short` fields, or of `long` whose last field is the
+    /// rest of the record (and may contain `|`).
+    fn with_tail(
+        kind: &'static str,
+        raw: &'a str,
+        short: usize,
+        long: usize,
+    ) -> Result<Self, RecordError> {
+        let f: Vec<&str> = raw.splitn(long, '|').collect();
+        if f.len() != short && f.len() != long {
+            return Err(RecordError {
+                kind,
+                raw: raw.to_owned(),
+                why: format!("{} fields, expected {short} or {long}", f.len()),
+            });
+        }
+        Ok(Self { kind, raw, f })
+    }
+
+    /// Whether field `i` is there (records with a tail).
+    fn has(&self, i: usize) -> bool {
+        i < self.f.len()
     }
 
     fn err(&self, why: String) -> RecordError {
@@ -177,8 +203,20 @@ impl StockCounters {
     }
 }
 
+/// How the payments service paid an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    /// When the pay was decided (Redis time, unix ms): the time of the
+    /// `paid` transition, which a pay repeating it answers with again.
+    pub paid_at_ms: i64,
+    /// The payments service's reference.
+    pub payment_ref: String,
+}
+
 /// An order as the `orders` hash stores it under its order id:
-/// `user|quantity|status|expires_at|purchase_request_id|price|created_at|prize`.
+/// `user|quantity|status|expires_at|purchase_request_id|price|created_at|prize`,
+/// then `|paid_at|payment_ref` once the payments service paid it (a free
+/// prize born paid, or an order paid before references, has none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOrder {
     pub user_id: String,
@@ -189,11 +227,12 @@ pub struct StoredOrder {
     pub price: u64,
     pub created_at_ms: i64,
     pub prize_id: Option<String>,
+    pub payment: Option<Payment>,
 }
 
 impl StoredOrder {
     pub fn encode(&self) -> String {
-        format!(
+        let mut raw = format!(
             "{}|{}|{}|{}|{}|{}|{}|{}",
             self.user_id,
             self.quantity,
@@ -203,11 +242,15 @@ impl StoredOrder {
             self.price,
             self.created_at_ms,
             self.prize_id.as_deref().unwrap_or("")
-        )
+        );
+        if let Some(p) = &self.payment {
+            raw.push_str(&format!("|{}|{}", p.paid_at_ms, p.payment_ref));
+        }
+        raw
     }
 
     pub fn decode(raw: &str) -> Result<Self, RecordError> {
-        let r = Reader::new("order", raw, 8)?;
+        let r = Reader::with_tail("order", raw, 8, 10)?;
         Ok(Self {
             user_id: r.text(0).to_owned(),
             quantity: r.num(1, "quantity")?,
@@ -217,6 +260,14 @@ impl StoredOrder {
             price: r.num(5, "price")?,
             created_at_ms: r.num(6, "created_at")?,
             prize_id: r.opt(7),
+            payment: if r.has(9) {
+                Some(Payment {
+                    paid_at_ms: r.num(8, "paid_at")?,
+                    payment_ref: r.text(9).to_owned(),
+                })
+            } else {
+                None
+            },
         })
     }
 }
@@ -232,6 +283,8 @@ pub struct OrderRecord {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub prize_id: Option<String>,
+    /// The payment's reference, on a `paid` transition of a pay.
+    pub payment_ref: Option<String>,
 }
 
 /// One record of the script's answer to an operation. Purchase and
@@ -260,7 +313,9 @@ pub enum Answer {
         reason: Option<RefusalReason>,
         decided_at_ms: i64,
     },
-    /// `t|to|order|user|quantity|price|purchase_request|created|expires|prize|decided`
+    /// `t|to|order|user|quantity|price|purchase_request|created|expires|prize|decided`,
+    /// then `|payment_ref` on a pay's `paid` (a pay repeating the one that
+    /// paid the order answers this record again, `decided` its time).
     Transition {
         to: OrderStatus,
         order: OrderRecord,
@@ -314,18 +369,25 @@ impl Answer {
                 to,
                 order: o,
                 decided_at_ms,
-            } => format!(
-                "t|{}|{}|{}|{}|{}|{}|{}|{}|{}|{decided_at_ms}",
-                to.as_str(),
-                o.order_id,
-                o.user_id,
-                o.quantity,
-                o.price,
-                o.purchase_request_id,
-                o.created_at_ms,
-                o.expires_at_ms,
-                o.prize_id.as_deref().unwrap_or(""),
-            ),
+            } => {
+                let mut raw = format!(
+                    "t|{}|{}|{}|{}|{}|{}|{}|{}|{}|{decided_at_ms}",
+                    to.as_str(),
+                    o.order_id,
+                    o.user_id,
+                    o.quantity,
+                    o.price,
+                    o.purchase_request_id,
+                    o.created_at_ms,
+                    o.expires_at_ms,
+                    o.prize_id.as_deref().unwrap_or(""),
+                );
+                if let Some(p) = &o.payment_ref {
+                    raw.push('|');
+                    raw.push_str(p);
+                }
+                raw
+            }
             Self::CommandRefused {
                 reason,
                 decided_at_ms,
@@ -365,7 +427,7 @@ impl Answer {
                 }
             }
             "t" => {
-                let r = Reader::new("transition", raw, 11)?;
+                let r = Reader::with_tail("transition", raw, 11, 12)?;
                 Self::Transition {
                     to: r.parsed(1, "status", order_status)?,
                     order: OrderRecord {
@@ -377,6 +439,7 @@ impl Answer {
                         created_at_ms: r.num_or_default(7, "created_at")?,
                         expires_at_ms: r.num_or_default(8, "expires_at")?,
                         prize_id: r.opt(9),
+                        payment_ref: r.has(11).then(|| r.text(11).to_owned()),
                     },
                     decided_at_ms: r.num(10, "decided_at")?,
                 }
@@ -429,8 +492,24 @@ mod tests {
             price: 1999,
             created_at_ms: 1_700_000_000_000,
             prize_id: None,
+            payment: None,
         };
-        assert_eq!(StoredOrder::decode(&order.encode()), Ok(order));
+        assert_eq!(StoredOrder::decode(&order.encode()), Ok(order.clone()));
+        // A paid order keeps its payment; the reference may hold the field
+        // separator, being the last field.
+        let paid = StoredOrder {
+            status: OrderStatus::Paid,
+            payment: Some(Payment {
+                paid_at_ms: 1_700_000_030_000,
+                payment_ref: "psp|2024 #17|".into(),
+            }),
+            ..order
+        };
+        assert_eq!(
+            paid.encode(),
+            "alice|2|paid|1700000060000|r-1|1999|1700000000000||1700000030000|psp|2024 #17|"
+        );
+        assert_eq!(StoredOrder::decode(&paid.encode()), Ok(paid));
         let answers = [
             Answer::Purchase {
                 status: DecisionStatus::Won,
@@ -463,6 +542,36 @@ mod tests {
                 reason: RefusalReason::NotOwner,
                 decided_at_ms: 8,
             },
+            Answer::Transition {
+                to: OrderStatus::Cancelled,
+                order: OrderRecord {
+                    order_id: "o-1".into(),
+                    user_id: "alice".into(),
+                    quantity: 1,
+                    price: 5,
+                    purchase_request_id: "r-1".into(),
+                    created_at_ms: 1,
+                    expires_at_ms: 2,
+                    prize_id: None,
+                    payment_ref: None,
+                },
+                decided_at_ms: 9,
+            },
+            Answer::Transition {
+                to: OrderStatus::Paid,
+                order: OrderRecord {
+                    order_id: "o-2".into(),
+                    user_id: "bob".into(),
+                    quantity: 1,
+                    price: 5,
+                    purchase_request_id: "r-2".into(),
+                    created_at_ms: 1,
+                    expires_at_ms: 2,
+                    prize_id: Some("gold".into()),
+                    payment_ref: Some("a|b".into()),
+                },
+                decided_at_ms: 9,
+            },
         ];
         for a in answers {
             assert_eq!(Answer::decode(&a.encode()), Ok(a));
@@ -473,6 +582,9 @@ mod tests {
     fn unknown_words_and_wrong_shapes_are_errors_not_guesses() {
         // An order status this build does not know.
         assert!(StoredOrder::decode("alice|1|refunded|0|r|0|0|").is_err());
+        // A payment needs both its time and its reference.
+        assert!(StoredOrder::decode("alice|1|paid|0|r|0|0||5").is_err());
+        assert!(StoredOrder::decode("alice|1|paid|0|r|0|0||soon|ref").is_err());
         // A reason outside the list.
         assert!(Answer::decode("r|because|1").is_err());
         // A field too few.

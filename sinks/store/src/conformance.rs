@@ -43,7 +43,111 @@ fn changed(request: &str) -> OrderChanged {
         prize_id: None,
         item_name: "phone".into(),
         award_type: AwardType::Physical,
+        payment_ref: None,
     }
+}
+
+fn paid(request: &str, campaign: &str, payment_ref: &str) -> OrderEvent {
+    OrderEvent::Paid(OrderChanged {
+        campaign_id: campaign.into(),
+        user_id: "u5".into(),
+        payment_ref: Some(payment_ref.into()),
+        ..changed(request)
+    })
+}
+
+pub(super) async fn paid_orders_keep_their_payment_ref(store: &dyn OrderStore) {
+    let get = |request: &str| {
+        let id = order_id_for(request);
+        async move { store.get_order(&id).await.expect("read").expect("stored") }
+    };
+    // Reserved, then paid: the reference comes with the move to paid, and
+    // the time of the pay.
+    store
+        .apply(&[reserved("pr1", "c5", "u5")])
+        .await
+        .expect("store call");
+    assert_eq!(get("pr1").await.payment_ref, None, "reserved has none");
+    store
+        .apply(&[paid("pr1", "c5", "psp-1|a b~")])
+        .await
+        .expect("store call");
+    let o = get("pr1").await;
+    assert_eq!(
+        (o.status, o.payment_ref.as_deref(), o.updated_at_ms),
+        (OrderStatus::Paid, Some("psp-1|a b~"), 10)
+    );
+    // A replay, a pay with another reference, a reservation and a cancel
+    // arriving late change none of it.
+    let mut other = paid("pr1", "c5", "psp-2");
+    if let OrderEvent::Paid(c) = &mut other {
+        c.decided_at_ms = 20;
+    }
+    store
+        .apply(&[
+            paid("pr1", "c5", "psp-1|a b~"),
+            other,
+            reserved("pr1", "c5", "u5"),
+            OrderEvent::Cancelled(OrderChanged {
+                campaign_id: "c5".into(),
+                user_id: "u5".into(),
+                ..changed("pr1")
+            }),
+        ])
+        .await
+        .expect("store call");
+    let again = get("pr1").await;
+    assert_eq!(again, o, "a later event changed a paid order");
+
+    // A pay whose reservation the store never saw lands with its reference;
+    // so does a listing.
+    store
+        .apply(&[paid("pr2", "c5", "psp-3")])
+        .await
+        .expect("store call");
+    assert_eq!(get("pr2").await.payment_ref.as_deref(), Some("psp-3"));
+    let listed = store
+        .list_orders(&OrderFilter {
+            campaign_id: Some("c5".into()),
+            limit: 10,
+            ..OrderFilter::default()
+        })
+        .await
+        .expect("store call");
+    let refs: Vec<_> = listed.iter().map(|o| o.payment_ref.as_deref()).collect();
+    assert_eq!(refs.len(), 2);
+    for (o, r) in listed.iter().zip(&refs) {
+        let want = if o.order_id == order_id_for("pr1") {
+            "psp-1|a b~"
+        } else {
+            "psp-3"
+        };
+        assert_eq!(*r, Some(want), "{}", o.order_id);
+    }
+
+    // Cancelled and born-paid (a free prize) orders carry none.
+    store
+        .apply(&[reserved("pr3", "c5", "u5")])
+        .await
+        .expect("store call");
+    store
+        .apply(&[OrderEvent::Cancelled(OrderChanged {
+            campaign_id: "c5".into(),
+            user_id: "u5".into(),
+            ..changed("pr3")
+        })])
+        .await
+        .expect("store call");
+    assert_eq!(get("pr3").await.payment_ref, None);
+    let OrderEvent::Reserved(free) = reserved("pr4", "c5", "u5") else {
+        unreachable!()
+    };
+    store
+        .apply(&[OrderEvent::Confirmed(free)])
+        .await
+        .expect("store call");
+    let o = get("pr4").await;
+    assert_eq!((o.status, o.payment_ref), (OrderStatus::Paid, None));
 }
 
 pub(super) async fn status_only_moves_forward(store: &dyn OrderStore) {
@@ -166,6 +270,7 @@ async fn run_all(store: &dyn OrderStore) {
     rejections_store_nothing(store).await;
     filters_and_pages(store).await;
     status_only_moves_forward(store).await;
+    paid_orders_keep_their_payment_ref(store).await;
 }
 
 #[tokio::test]

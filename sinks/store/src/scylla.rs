@@ -12,13 +12,18 @@ use async_trait::async_trait;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
+use scylla::value::{CqlValue, MaybeUnset, Row};
 use seckill_schemas::{OrderEvent, OrderView};
 
 use crate::{OrderFilter, OrderStore, StoreError};
 
 const COLUMNS: &str = "order_id, request_id, campaign_id, user_id, quantity, price, status, \
-                       created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type";
+                       created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type, \
+                       payment_ref";
+
+/// Columns added to `orders` after the first release, for tables created
+/// before them.
+const ADDED_COLUMNS: [(&str, &str); 1] = [("payment_ref", "text")];
 
 type OrderRowTuple = (
     String,
@@ -31,6 +36,7 @@ type OrderRowTuple = (
     i64,
     i64,
     i64,
+    Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
@@ -75,6 +81,7 @@ fn view(r: OrderRowTuple) -> Result<OrderView, StoreError> {
             .12
             .and_then(|a| serde_json::from_value(serde_json::Value::String(a)).ok())
             .unwrap_or_default(),
+        payment_ref: r.13,
     })
 }
 
@@ -85,6 +92,57 @@ fn applied(rows: &scylla::response::query_result::QueryRowsResult) -> bool {
         .flatten()
         .and_then(|r| r.columns.into_iter().next().flatten())
         .is_some_and(|c| matches!(c, CqlValue::Boolean(true)))
+}
+
+/// The columns of `keyspace.table`.
+async fn columns(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+) -> Result<Vec<String>, StoreError> {
+    let res = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
+            (keyspace, table),
+        )
+        .await
+        .map_err(unavailable)?
+        .into_rows_result()
+        .map_err(unavailable)?;
+    let names = res
+        .rows::<(String,)>()
+        .map_err(unavailable)?
+        .map(|r| r.map(|(c,)| c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    Ok(names)
+}
+
+/// Adds the columns a table created by an earlier release lacks.
+async fn migrate(session: &Session, keyspace: &str) -> Result<(), StoreError> {
+    let have = columns(session, keyspace, "orders").await?;
+    for (name, kind) in ADDED_COLUMNS {
+        if have.iter().any(|h| h == name) {
+            continue;
+        }
+        let added = session
+            .query_unpaged(
+                format!("ALTER TABLE {keyspace}.orders ADD {name} {kind}"),
+                &[],
+            )
+            .await;
+        // Another sink starting at the same time may have added it first.
+        if let Err(e) = added {
+            if !columns(session, keyspace, "orders")
+                .await?
+                .iter()
+                .any(|h| h == name)
+            {
+                return Err(unavailable(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ScyllaStore {
@@ -118,19 +176,20 @@ impl ScyllaStore {
         let ks = keyspace;
         for ddl in [
             format!("CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {rf}}}"),
-            format!("CREATE TABLE IF NOT EXISTS {ks}.orders (order_id text PRIMARY KEY, request_id text, campaign_id text, user_id text, quantity int, price bigint, status text, status_rank int, created_at_ms bigint, updated_at_ms bigint, expires_at_ms bigint, prize_id text, item_name text, award_type text)"),
+            format!("CREATE TABLE IF NOT EXISTS {ks}.orders (order_id text PRIMARY KEY, request_id text, campaign_id text, user_id text, quantity int, price bigint, status text, status_rank int, created_at_ms bigint, updated_at_ms bigint, expires_at_ms bigint, prize_id text, item_name text, award_type text, payment_ref text)"),
             format!("CREATE TABLE IF NOT EXISTS {ks}.orders_by_campaign (campaign_id text, order_id text, PRIMARY KEY (campaign_id, order_id))"),
             format!("CREATE TABLE IF NOT EXISTS {ks}.orders_by_user (user_id text, order_id text, PRIMARY KEY (user_id, order_id))"),
         ] {
             session.query_unpaged(ddl, &[]).await.map_err(unavailable)?;
         }
+        migrate(&session, ks).await?;
         let prep = |cql: String| {
             let session = &session;
             async move { session.prepare(cql).await.map_err(unavailable) }
         };
         Ok(Self {
-            insert: prep(format!("INSERT INTO {ks}.orders (order_id, request_id, campaign_id, user_id, quantity, price, status, status_rank, created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
-            advance: prep(format!("UPDATE {ks}.orders SET status = ?, status_rank = ?, updated_at_ms = ? WHERE order_id = ? IF status_rank < ?")).await?,
+            insert: prep(format!("INSERT INTO {ks}.orders (order_id, request_id, campaign_id, user_id, quantity, price, status, status_rank, created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type, payment_ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            advance: prep(format!("UPDATE {ks}.orders SET status = ?, status_rank = ?, updated_at_ms = ?, payment_ref = ? WHERE order_id = ? IF status_rank < ?")).await?,
             by_campaign: prep(format!("INSERT INTO {ks}.orders_by_campaign (campaign_id, order_id) VALUES (?, ?)")).await?,
             by_user: prep(format!("INSERT INTO {ks}.orders_by_user (user_id, order_id) VALUES (?, ?)")).await?,
             get: prep(format!("SELECT {COLUMNS} FROM {ks}.orders WHERE order_id = ?")).await?,
@@ -223,6 +282,7 @@ impl OrderStore for ScyllaStore {
                         r.prize_id,
                         r.item_name,
                         r.award_type.as_str(),
+                        r.payment_ref,
                     ),
                 )
                 .await
@@ -231,12 +291,24 @@ impl OrderStore for ScyllaStore {
                 .map_err(unavailable)?;
             if !applied(&inserted) {
                 // Known order: move it forward only (the condition makes a
-                // replayed or late event a no-op).
+                // replayed or late event a no-op). A move without a payment
+                // reference leaves the column alone.
                 let rank = status.rank() as i32;
+                let payment_ref = match r.payment_ref {
+                    Some(p) => MaybeUnset::Set(p),
+                    None => MaybeUnset::Unset,
+                };
                 self.session
                     .execute_unpaged(
                         &self.advance,
-                        (status.as_str(), rank, r.changed_at_ms, r.order_id, rank),
+                        (
+                            status.as_str(),
+                            rank,
+                            r.changed_at_ms,
+                            payment_ref,
+                            r.order_id,
+                            rank,
+                        ),
                     )
                     .await
                     .map_err(unavailable)?;

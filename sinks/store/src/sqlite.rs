@@ -26,34 +26,38 @@ CREATE TABLE IF NOT EXISTS orders (
     expires_at_ms INTEGER NOT NULL,
     prize_id      TEXT,
     item_name     TEXT NOT NULL DEFAULT '',
-    award_type    TEXT NOT NULL DEFAULT 'physical'
+    award_type    TEXT NOT NULL DEFAULT 'physical',
+    payment_ref   TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_campaign_user ON orders (campaign_id, user_id);
 CREATE INDEX IF NOT EXISTS orders_user ON orders (user_id);
 ";
 
 // A status only moves to a higher rank, so a late or replayed event never
-// takes an order back.
+// takes an order back; the payment reference comes with the move to paid.
 const UPSERT: &str = "
 INSERT INTO orders (order_id, request_id, campaign_id, user_id, quantity, price,
                     status, status_rank, created_at_ms, updated_at_ms, expires_at_ms,
-                    prize_id, item_name, award_type)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                    prize_id, item_name, award_type, payment_ref)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
 ON CONFLICT (order_id) DO UPDATE SET
     status = excluded.status,
     status_rank = excluded.status_rank,
-    updated_at_ms = excluded.updated_at_ms
+    updated_at_ms = excluded.updated_at_ms,
+    payment_ref = COALESCE(excluded.payment_ref, orders.payment_ref)
 WHERE excluded.status_rank > orders.status_rank
 ";
 
 const COLUMNS: &str = "order_id, request_id, campaign_id, user_id, quantity, price, status, \
-                       created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type";
+                       created_at_ms, updated_at_ms, expires_at_ms, prize_id, item_name, award_type, \
+                       payment_ref";
 
 /// Columns added after the first release, for files created before them.
-const ADDED_COLUMNS: [(&str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str); 4] = [
     ("prize_id", "TEXT"),
     ("item_name", "TEXT NOT NULL DEFAULT ''"),
     ("award_type", "TEXT NOT NULL DEFAULT 'physical'"),
+    ("payment_ref", "TEXT"),
 ];
 
 /// SQLite-backed [`OrderStore`].
@@ -125,6 +129,7 @@ fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderView> {
         item_name: row.get(11)?,
         award_type: serde_json::from_value(serde_json::Value::String(row.get(12)?))
             .unwrap_or_default(),
+        payment_ref: row.get(13)?,
     })
 }
 
@@ -206,6 +211,7 @@ impl OrderStore for SqliteStore {
                             r.prize_id,
                             r.item_name,
                             r.award_type.as_str(),
+                            r.payment_ref,
                         ])
                         .map_err(unavailable)?;
                 }
@@ -257,5 +263,80 @@ impl OrderStore for SqliteStore {
                 .map_err(unavailable)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use seckill_schemas::{order_id_for, AwardType, OrderChanged, OrderStatus};
+
+    /// A file written before payment references: opening it adds the
+    /// column, its orders read without one, and a pay stores its reference.
+    #[tokio::test]
+    async fn a_file_without_payment_refs_is_migrated() {
+        let dir = tempfile::tempdir().expect("sqlite");
+        let path = dir.path().join("orders.db");
+        let id = order_id_for("old-1");
+        {
+            let conn = Connection::open(&path).expect("sqlite");
+            conn.execute_batch(
+                "CREATE TABLE orders (
+                    order_id TEXT PRIMARY KEY, request_id TEXT NOT NULL,
+                    campaign_id TEXT NOT NULL, user_id TEXT NOT NULL,
+                    quantity INTEGER NOT NULL, price INTEGER NOT NULL,
+                    status TEXT NOT NULL, status_rank INTEGER NOT NULL,
+                    created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL,
+                    expires_at_ms INTEGER NOT NULL, prize_id TEXT,
+                    item_name TEXT NOT NULL DEFAULT '',
+                    award_type TEXT NOT NULL DEFAULT 'physical');",
+            )
+            .expect("sqlite");
+            conn.execute(
+                "INSERT INTO orders VALUES (?1, 'old-1', 'c', 'u', 1, 5, 'reserved', 1, 1, 1, 9,
+                 NULL, 'phone', 'physical')",
+                params![id],
+            )
+            .expect("sqlite");
+        }
+        let store = SqliteStore::open(path.to_str().expect("UTF-8 path"))
+            .await
+            .expect("sqlite");
+        let before = store.get_order(&id).await.expect("read").expect("stored");
+        assert_eq!(
+            (before.status, before.payment_ref),
+            (OrderStatus::Reserved, None)
+        );
+        store
+            .apply(&[OrderEvent::Paid(OrderChanged {
+                schema_version: 1,
+                request_id: "pay-1".into(),
+                order_id: id.clone(),
+                purchase_request_id: "old-1".into(),
+                campaign_id: "c".into(),
+                user_id: "u".into(),
+                quantity: 1,
+                price: 5,
+                created_at_ms: 1,
+                expires_at_ms: 9,
+                decided_at_ms: 4,
+                prize_id: None,
+                item_name: "phone".into(),
+                award_type: AwardType::Physical,
+                payment_ref: Some("psp-9".into()),
+            })])
+            .await
+            .expect("sqlite");
+        let after = store.get_order(&id).await.expect("read").expect("stored");
+        assert_eq!(
+            (after.status, after.payment_ref.as_deref()),
+            (OrderStatus::Paid, Some("psp-9"))
+        );
+        drop(store);
+        // Opening it again migrates nothing more.
+        let again = SqliteStore::open(path.to_str().expect("UTF-8 path"))
+            .await
+            .expect("sqlite");
+        assert_eq!(again.get_order(&id).await.expect("sqlite"), Some(after));
     }
 }
