@@ -3,7 +3,7 @@
 //! | guarantee | test |
 //! |---|---|
 //! | no token, another key's token, an expired or not-yet-valid one, `alg: none`, a header-only `X-User-Id`: 401 problem+json with `WWW-Authenticate: Bearer`; body attributes refused with a 400 naming the token; the token's attributes decide eligibility | `tokens_are_checked_and_attributes_come_from_the_token` |
-//! | RS256 and ES256 from a JWKS URL; an HS256 token made with the public key is refused; a key rotated into the JWKS is picked up on its unknown `kid` | `jwks_keys_are_pinned_to_their_algorithm_and_rotation_is_picked_up` |
+//! | RS256 and ES256 from a JWKS URL (and from a file); `iss`/`aud` checked; an HS256 token made with the public key is refused; a key rotated into the JWKS is picked up on its unknown `kid`, a retired one refused | `jwks_keys_are_pinned_to_their_algorithm_and_rotation_is_picked_up` |
 //! | campaign and ops endpoints need role admin (403 for a buyer); a buyer reads, lists and cancels only their own orders, requests and participation; payment needs role payments, stores the ref, the same ref answers the same, another ref is 409 | `roles_and_ownership_decide_who_may_do_what` |
 //! | with no token key and no admin token the admin API answers 401 saying how to configure one; a static admin token is accepted, a wrong one is not; `SECKILL_AUTH=header` trusts `X-User-Id` and `/readyz` says so | `admin_is_closed_by_default_and_header_mode_is_explicit` |
 //! | rate limits per user, per client address (X-Forwarded-For believed only from a trusted proxy) and per campaign; one user cannot drain the global budget | `rate_limits_are_keyed_on_user_address_and_campaign` |
@@ -354,6 +354,31 @@ async fn jwks_keys_are_pinned_to_their_algorithm_and_rotation_is_picked_up() {
         401
     );
     drop(all);
+
+    // The same keys from a JWKS file.
+    let file = dir.join("jwks.json").display().to_string();
+    let all = stack
+        .seckill(
+            &["all"],
+            &[
+                ("SECKILL_JWT_JWKS", file.as_str()),
+                ("SECKILL_JWT_ISSUER", "https://id.example"),
+                ("SECKILL_JWT_AUDIENCE", "seckill"),
+                ("SECKILL_JWT_HS256_KEY_FILE", ""),
+            ],
+        )
+        .await;
+    let api = Api::new(all.http.as_deref().expect("http"));
+    let t = sign(Algorithm::ES256, Some("ec-1"), &ec_key, &good("from-file"));
+    let r = purchase_as(&api, Some(&format!("Bearer {t}")), &buy).await;
+    // Accepted: decided (200) or queued (202) while the new process joins.
+    assert!(
+        r.status == 200 || r.status == 202,
+        "ES256 from a JWKS file: {} {}",
+        r.status,
+        r.body
+    );
+    drop(all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,6 +717,28 @@ async fn statuses(
     (ok, limited)
 }
 
+/// One purchase each from `n` users `<prefix>-<i>`, with the
+/// X-Forwarded-For `xff(i)`; how many passed the limits.
+async fn one_each(
+    api: &Api,
+    cid: &str,
+    n: usize,
+    prefix: &str,
+    xff: impl Fn(usize) -> Option<String>,
+) -> usize {
+    let mut passed = 0;
+    for i in 0..n {
+        let auth = Api::bearer(&format!("{prefix}-{i}"));
+        let hop = xff(i);
+        let extra: Vec<(&str, &str)> = hop
+            .iter()
+            .map(|h| ("X-Forwarded-For", h.as_str()))
+            .collect();
+        passed += statuses(api, cid, &auth, &extra, 1).await.0;
+    }
+    passed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_are_keyed_on_user_address_and_campaign() {
     let stack = Stack::start().await;
@@ -735,37 +782,17 @@ async fn rate_limits_are_keyed_on_user_address_and_campaign() {
     assert_eq!(ok, 2, "the hog drained someone else's budget");
 
     // Many users behind one address: the address limit (burst 10).
-    let mut passed = 0;
-    for i in 0..20 {
-        let (ok, _) = statuses(
-            &api,
-            &c2,
-            &Api::bearer(&format!("crowd-{i}")),
-            &[("X-Forwarded-For", "10.9.9.9")],
-            1,
-        )
-        .await;
-        passed += ok;
-    }
+    let passed = one_each(&api, &c2, 20, "crowd", |_| Some("10.9.9.9".into())).await;
     assert!(
         passed <= 12,
         "per address: {passed} of 20 passed from one address"
     );
     // A client forging its own X-Forwarded-For in front of the proxy's
     // entry gains nothing: the nearest untrusted hop counts.
-    let mut forged = 0;
-    for i in 0..5 {
-        let xff = format!("1.2.3.{i}, 10.9.9.9");
-        forged += statuses(
-            &api,
-            &c2,
-            &Api::bearer(&format!("forger-{i}")),
-            &[("X-Forwarded-For", &xff)],
-            1,
-        )
-        .await
-        .0;
-    }
+    let forged = one_each(&api, &c2, 5, "forger", |i| {
+        Some(format!("1.2.3.{i}, 10.9.9.9"))
+    })
+    .await;
     assert!(
         forged <= 2,
         "forged leftmost hops escaped the address limit: {forged} of 5 passed"
@@ -783,19 +810,7 @@ async fn rate_limits_are_keyed_on_user_address_and_campaign() {
         )
         .await;
     let api = Api::new(all.http.as_deref().expect("http"));
-    let mut passed = 0;
-    for i in 0..20 {
-        let xff = format!("10.1.1.{i}");
-        let (ok, _) = statuses(
-            &api,
-            &c2,
-            &Api::bearer(&format!("rot-{i}")),
-            &[("X-Forwarded-For", &xff)],
-            1,
-        )
-        .await;
-        passed += ok;
-    }
+    let passed = one_each(&api, &c2, 20, "rot", |i| Some(format!("10.1.1.{i}"))).await;
     assert!(
         passed <= 12,
         "rotating X-Forwarded-For from an untrusted peer: {passed} of 20 passed"
@@ -813,12 +828,7 @@ async fn rate_limits_are_keyed_on_user_address_and_campaign() {
         )
         .await;
     let api = Api::new(all.http.as_deref().expect("http"));
-    let mut hot = 0;
-    for i in 0..20 {
-        hot += statuses(&api, &c1, &Api::bearer(&format!("h-{i}")), &[], 1)
-            .await
-            .0;
-    }
+    let hot = one_each(&api, &c1, 20, "h", |_| None).await;
     assert!(hot <= 12, "per campaign: {hot} of 20 passed");
     let (cold, _) = statuses(&api, &c2, &Api::bearer("cold"), &[], 3).await;
     assert_eq!(cold, 3, "the other campaign was limited too");
