@@ -255,11 +255,41 @@ impl Jwks {
     }
 }
 
+/// The algorithms a token may be signed with.
+const ACCEPTED: [Algorithm; 3] = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
+
+/// `exp` and `sub` required, `nbf` honoured, both with the leeway; `iss` and
+/// `aud` required when configured; only `alg`.
+fn validation_for(config: &IdentityConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.leeway_secs;
+    v.validate_nbf = true;
+    let mut required = vec!["exp", "sub"];
+    match &config.issuer {
+        Some(iss) => {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        None => v.iss = None,
+    }
+    match &config.audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            required.push("aud");
+        }
+        None => v.validate_aud = false,
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
 /// Checks callers.
 pub(crate) struct Identity {
     config: IdentityConfig,
     hs256: Option<DecodingKey>,
     jwks: Option<Arc<Jwks>>,
+    /// One per accepted algorithm ([`ACCEPTED`]).
+    validations: Vec<Validation>,
 }
 
 impl Identity {
@@ -320,10 +350,15 @@ impl Identity {
                  every call that needs a caller is refused with 401"
             );
         }
+        let validations = ACCEPTED
+            .iter()
+            .map(|&alg| validation_for(&config, alg))
+            .collect();
         Ok(Identity {
             config,
             hs256,
             jwks,
+            validations,
         })
     }
 
@@ -424,27 +459,13 @@ impl Identity {
         })
     }
 
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.config.leeway_secs;
-        v.validate_nbf = true;
-        let mut required = vec!["exp", "sub"];
-        match &self.config.issuer {
-            Some(iss) => {
-                v.set_issuer(&[iss]);
-                required.push("iss");
-            }
-            None => v.iss = None,
-        }
-        match &self.config.audience {
-            Some(aud) => {
-                v.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => v.validate_aud = false,
-        }
-        v.set_required_spec_claims(&required);
-        v
+    /// The checks a token signed with `alg` (HS256, RS256 or ES256) goes
+    /// through; built once at start, they differ only in the algorithm.
+    fn validation(&self, alg: Algorithm) -> &Validation {
+        self.validations
+            .iter()
+            .find(|v| v.algorithms == [alg])
+            .unwrap_or(&self.validations[0])
     }
 
     async fn token_caller(&self, token: &str) -> Result<Caller, Problem> {
@@ -524,7 +545,7 @@ impl Identity {
         alg: Algorithm,
     ) -> Result<Map<String, Value>, Problem> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation(alg))
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, self.validation(alg))
             .map(|d| d.claims)
             .map_err(|e| {
                 unauthorized(match e.kind() {
