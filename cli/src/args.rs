@@ -88,6 +88,7 @@ impl KafkaArgs {
             properties: self.kafka_properties.clone(),
             instance_id: self.instance_id.clone(),
             solo: false,
+            fetch_wait_ms: None,
         }
     }
 

@@ -445,7 +445,7 @@ impl ReconcileCmd {
             |_, low| low,
             |m| {
                 if m.key() == Some(cid.as_bytes()) {
-                    if let Some(Ok(e)) = m.payload().map(serde_json::from_slice::<OrderEvent>) {
+                    if let Some(Ok(e)) = m.payload().map(OrderEvent::from_json) {
                         record.fold(&e);
                     }
                 }

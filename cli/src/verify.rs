@@ -364,7 +364,7 @@ impl VerifyDrawsCmd {
             |_, low| low,
             |m| {
                 if m.key() == Some(cid.as_bytes()) {
-                    match m.payload().map(serde_json::from_slice::<OrderEvent>) {
+                    match m.payload().map(OrderEvent::from_json) {
                         Some(Ok(e)) => by_partition
                             .entry(m.partition())
                             .or_default()

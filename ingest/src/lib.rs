@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod internal_events;
 mod listener;
+mod lookup;
 mod openapi;
 mod problem;
 mod routes;

@@ -101,8 +101,7 @@ pub(crate) fn spawn(
             if waiters.is_empty() {
                 continue;
             }
-            let Some(Ok(event)) = message.payload().map(serde_json::from_slice::<OrderEvent>)
-            else {
+            let Some(Ok(event)) = message.payload().map(OrderEvent::from_json) else {
                 continue;
             };
             let wakeup = match &event {

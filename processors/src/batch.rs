@@ -120,7 +120,7 @@ fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
     let payload = message
         .payload()
         .ok_or_else(|| unparseable("empty payload".into()))?;
-    let event: RequestEvent = serde_json::from_slice(payload)
+    let event = RequestEvent::from_json(payload)
         .map_err(|e| unparseable(format!("invalid JSON request event: {e}")))?;
     event
         .validate()

@@ -45,8 +45,8 @@ pub fn eviction_risk(policy: &str) -> Option<String> {
         "evicts keys that carry a TTL under memory pressure: the campaign records \
          with a TTL are only those of retired campaigns (closed or past their end, \
          kept campaign_retention_secs for late redeliveries, whose answers would be \
-         decided again), and the per-request lookups decision:<id> and order:<id> \
-         (a pay or cancel by order id needs the latter)"
+         decided again), and the lookup hashes <prefix>:lk:* of results by request \
+         id and campaigns by order id (a pay or cancel by order id needs the latter)"
     } else if policy.starts_with("allkeys-") {
         "evicts ANY key under memory pressure, live campaigns' stock counters and \
          recorded decisions included: stock could be oversold and requests decided twice"

@@ -39,6 +39,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     let redis = connect_redis(&config.redis_url).await?;
     crate::check_eviction_policy(&mut redis.clone()).await;
     let worker = Arc::new(Worker::new(config.clone(), redis, producer, cancel.clone()));
+    worker.publish_lookup_ttl().await;
     tracing::info!(topic = %config.topics.requests, group = %config.group_id, "processor started");
 
     let (to_settle, mut settling) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);

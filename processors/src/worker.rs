@@ -399,26 +399,60 @@ impl Worker {
 
     /// Makes results findable without their campaign: decisions and
     /// command results by request id, campaigns by order id, and new
-    /// campaigns for the expiry sweeper.
+    /// campaigns for the expiry sweeper. The lookups of a batch are one
+    /// HSET per lookup hash (see `KeyLayout::lookup`), plus its expiry.
     fn index_pipeline(&self, lookups: &[(String, Lookup)]) -> Option<redis::Pipeline> {
+        use seckill_schemas::state::LookupKind;
+        let windows = self.lookup_windows();
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let window = windows.current(now_secs);
+        let mut hashes: std::collections::BTreeMap<String, Vec<(&str, &str)>> =
+            std::collections::BTreeMap::new();
         let mut pipe = redis::pipe();
-        let ttl = self.config.decision_ttl_secs;
         for (cid, l) in lookups {
             match l {
-                Lookup::Result { request_id, json } => {
-                    pipe.set_ex(self.keys.decision(request_id), json, ttl)
-                        .ignore();
-                }
-                Lookup::OrderCampaign { order_id } => {
-                    pipe.set_ex(self.keys.order_campaign(order_id), cid, ttl)
-                        .ignore();
-                }
+                Lookup::Result { request_id, json } => hashes
+                    .entry(self.keys.lookup(LookupKind::Result, request_id, window))
+                    .or_default()
+                    .push((request_id, json)),
+                Lookup::OrderCampaign { order_id } => hashes
+                    .entry(
+                        self.keys
+                            .lookup(LookupKind::OrderCampaign, order_id, window),
+                    )
+                    .or_default()
+                    .push((order_id, cid)),
                 Lookup::NewCampaign => {
                     pipe.sadd(self.keys.campaigns(), cid).ignore();
                 }
             }
         }
+        let expires_at = windows.expires_at(window);
+        for (key, fields) in &hashes {
+            pipe.hset_multiple(key, fields).ignore();
+            pipe.cmd("EXPIREAT").arg(key).arg(expires_at).ignore();
+        }
         (!lookups.is_empty()).then_some(pipe)
+    }
+
+    fn lookup_windows(&self) -> seckill_schemas::state::LookupWindows {
+        seckill_schemas::state::LookupWindows::new(self.config.decision_ttl_secs)
+    }
+
+    /// Publishes how long lookups are kept, so that ingest reads the same
+    /// windows this processor writes.
+    pub(crate) async fn publish_lookup_ttl(&self) {
+        let mut con = self.redis.clone();
+        let set: Result<(), _> = redis::cmd("SET")
+            .arg(self.keys.lookup_ttl())
+            .arg(self.lookup_windows().secs)
+            .query_async(&mut con)
+            .await;
+        if let Err(e) = set {
+            tracing::warn!(error = %e, "could not publish the lookups' time to live");
+        }
     }
 
     /// The requests topic's partition count, looked up at most every 30 s

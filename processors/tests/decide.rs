@@ -10,7 +10,9 @@ use chrono::{Duration as ChronoDuration, Utc};
 use redis::aio::ConnectionManager;
 use seckill_processors::Decider;
 use seckill_schemas::state::Answer as Outcome;
-use seckill_schemas::state::{self, Answer, OrderRecord, Payment, StockCounters, StoredOrder};
+use seckill_schemas::state::{
+    self, Answer, LookupKind, OrderRecord, Payment, StockCounters, StoredOrder,
+};
 use seckill_schemas::RefusalReason;
 use seckill_schemas::{order_id_for, DrawSecret};
 use seckill_schemas::{
@@ -1727,7 +1729,8 @@ async fn unknown_campaign_answers_expire_until_it_is_created() {
 /// Redis bytes per decided request: N reservations through the script
 /// (each leaving a request record, an order, a deadline, a holding), and
 /// then with the two lookups the processor writes per reservation
-/// (`decision:<id>` JSON and `order:<id>`, as `index_pipeline` does).
+/// (the result JSON and the order's campaign, as fields of the lookup
+/// hashes, as `index_pipeline` does).
 #[tokio::test]
 async fn redis_bytes_per_decided_request() {
     const N: usize = 20_000;
@@ -1782,12 +1785,17 @@ async fn redis_bytes_per_decided_request() {
                 prize_name: None,
             };
             let json = serde_json::to_string(&decision).unwrap();
-            pipe.set_ex(layout.decision(&p.request_id), json, 86_400)
-                .ignore();
-            pipe.set_ex(
-                layout.order_campaign(order_id.as_deref().unwrap()),
+            let order_id = order_id.as_deref().unwrap();
+            pipe.hset(
+                layout.lookup(LookupKind::Result, &p.request_id, 1),
+                &p.request_id,
+                json,
+            )
+            .ignore();
+            pipe.hset(
+                layout.lookup(LookupKind::OrderCampaign, order_id, 1),
+                order_id,
                 cid,
-                86_400,
             )
             .ignore();
         }

@@ -476,3 +476,112 @@ pub struct FulfilmentRequested {
     pub price: u64,
     pub paid_at_ms: i64,
 }
+
+/// The `type` of an event, read without the rest of it.
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+/// Reads an internally tagged event from JSON in two direct passes (the
+/// tag, then the variant's struct) instead of serde's generic way, which
+/// first copies the whole object into an intermediate tree: a third of a
+/// processor's parsing time under load. Anything the direct passes refuse
+/// is read again the generic way, so errors and edge cases (a missing or
+/// repeated tag, an unknown type) are exactly serde's.
+macro_rules! tagged_from_json {
+    ($enum:ident { $($tag:literal => $variant:ident($inner:ty)),* $(,)? }) => {
+        impl $enum {
+            /// Parses one event (see [`Tag`] for why not `serde_json::from_slice`).
+            pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+                let direct = serde_json::from_slice::<Tag<'_>>(bytes).ok().and_then(|t| {
+                    match t.kind.as_ref() {
+                        $($tag => serde_json::from_slice::<$inner>(bytes).ok().map(Self::$variant),)*
+                        _ => None,
+                    }
+                });
+                match direct {
+                    Some(event) => Ok(event),
+                    None => serde_json::from_slice(bytes),
+                }
+            }
+        }
+    };
+}
+
+tagged_from_json!(RequestEvent {
+    "purchase_requested" => PurchaseRequested(PurchaseRequested),
+    "upsert_campaign" => UpsertCampaign(UpsertCampaign),
+    "campaign_command" => CampaignCommand(CampaignCommand),
+    "order_command" => OrderCommand(OrderCommand),
+    "expire_due" => ExpireDue(ExpireDue),
+});
+
+tagged_from_json!(OrderEvent {
+    "reserved" => Reserved(Reserved),
+    "confirmed" => Confirmed(Reserved),
+    "rejected" => Rejected(Rejected),
+    "paid" => Paid(OrderChanged),
+    "cancelled" => Cancelled(OrderChanged),
+    "expired" => Expired(OrderChanged),
+    "order_command_rejected" => OrderCommandRejected(OrderCommandRejected),
+    "campaign_applied" => CampaignApplied(CampaignApplied),
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `from_json` reads exactly what serde's generic way reads, and
+    /// refuses with serde's own message what it refuses.
+    fn same_as_serde<T>(json: &str, fast: fn(&[u8]) -> Result<T, serde_json::Error>)
+    where
+        T: for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
+    {
+        let generic = serde_json::from_str::<T>(json).map_err(|e| e.to_string());
+        let direct = fast(json.as_bytes()).map_err(|e| e.to_string());
+        assert_eq!(direct, generic, "{json}");
+    }
+
+    #[test]
+    fn request_events_parse_as_serde_does() {
+        let cases = [
+            r#"{"type":"purchase_requested","schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1"}"#,
+            r#"{"schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1","quantity":3,"requested_at_ms":5,"type":"purchase_requested","attributes":{"age":30,"tags":["vip"]}}"#,
+            r#"{"type":"purchase\u005frequested","schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1"}"#,
+            r#"{"type":"purchase_requested","schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1","extra":{"x":[1,2]}}"#,
+            r#"{"type":"order_command","schema_version":1,"request_id":"r2","campaign_id":"c1","order_id":"o1","user_id":"u1","action":"pay","payment_ref":"p"}"#,
+            r#"{"type":"campaign_command","schema_version":1,"request_id":"r3","campaign_id":"c1","action":{"action":"add_stock","quantity":5}}"#,
+            r#"{"type":"expire_due","schema_version":1,"request_id":"r4","campaign_id":"c1"}"#,
+            // Refused: serde's messages come through unchanged.
+            r#"{"type":"purchase_requested","type":"purchase_requested","schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1"}"#,
+            r#"{"type":"nope","request_id":"r1"}"#,
+            r#"{"schema_version":1,"request_id":"r1"}"#,
+            r#"{"type":"purchase_requested","schema_version":"1","request_id":"r1","campaign_id":"c1","user_id":"u1"}"#,
+            r#"{"type":"purchase_requested","request_id":"r1","campaign_id":"c1","user_id":"u1","quantity":-1}"#,
+            r#"{"type":7}"#,
+            r#"[1,2]"#,
+            "not json",
+            "",
+        ];
+        for json in cases {
+            same_as_serde::<RequestEvent>(json, RequestEvent::from_json);
+        }
+    }
+
+    #[test]
+    fn order_events_parse_as_serde_does() {
+        let cases = [
+            r#"{"type":"rejected","schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1","status":"sold_out","reason":"sold_out","requested_at_ms":1,"decided_at_ms":2}"#,
+            r#"{"type":"rejected","schema_version":1,"request_id":"r1","campaign_id":"c1","user_id":"u1","status":"sold_out","reason":"no_such_reason","requested_at_ms":1,"decided_at_ms":2}"#,
+            r#"{"type":"reserved","schema_version":1,"request_id":"r1","order_id":"o1","campaign_id":"c1","user_id":"u1","quantity":1,"price":100,"requested_at_ms":1,"decided_at_ms":2,"expires_at_ms":3}"#,
+            r#"{"type":"confirmed","schema_version":1,"request_id":"r1","order_id":"o1","campaign_id":"c1","user_id":"u1","quantity":1,"price":0,"requested_at_ms":1,"decided_at_ms":2,"expires_at_ms":2,"prize_id":"p1"}"#,
+            r#"{"type":"campaign_applied","schema_version":1,"request_id":"r1","campaign_id":"c1","outcome":"applied","action":"close","decided_at_ms":2}"#,
+            r#"{"type":"paid","schema_version":1}"#,
+        ];
+        for json in cases {
+            same_as_serde::<OrderEvent>(json, OrderEvent::from_json);
+        }
+    }
+}

@@ -636,6 +636,7 @@ impl Stack {
             properties: Vec::new(),
             instance_id: None,
             solo: false,
+            fetch_wait_ms: None,
         }
     }
 

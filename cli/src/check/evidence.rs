@@ -65,7 +65,7 @@ impl OrderLog {
     /// Folds one message payload into the log.
     pub fn add(&mut self, payload: &[u8]) {
         self.messages += 1;
-        let Ok(event) = serde_json::from_slice::<OrderEvent>(payload) else {
+        let Ok(event) = OrderEvent::from_json(payload) else {
             self.unparsed += 1;
             return;
         };

@@ -159,11 +159,14 @@ pub(super) async fn cancel(
 /// decision, or else read from the store.
 async fn campaign_of(app: &App, order_id: &str) -> Result<Option<String>, Problem> {
     let mut con = app.redis.clone();
-    let cached: Option<String> = redis::cmd("GET")
-        .arg(app.keys.order_campaign(order_id))
-        .query_async(&mut con)
-        .await
-        .map_err(|e| Problem::unavailable(format!("Redis unavailable: {e}")).retry_after(1))?;
+    let cached = crate::lookup::read(
+        &mut con,
+        &app.keys,
+        seckill_schemas::state::LookupKind::OrderCampaign,
+        order_id,
+    )
+    .await
+    .map_err(|e| Problem::unavailable(format!("Redis unavailable: {e}")).retry_after(1))?;
     if cached.is_some() {
         return Ok(cached);
     }

@@ -21,11 +21,14 @@ pub(crate) async fn read_result_json(
     request_id: &str,
 ) -> Result<Option<serde_json::Value>, Problem> {
     let mut con = app.redis.clone();
-    let raw: Option<String> = redis::cmd("GET")
-        .arg(app.keys.decision(request_id))
-        .query_async(&mut con)
-        .await
-        .map_err(redis_down)?;
+    let raw = crate::lookup::read(
+        &mut con,
+        &app.keys,
+        seckill_schemas::state::LookupKind::Result,
+        request_id,
+    )
+    .await
+    .map_err(redis_down)?;
     let Some(value) = raw.and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok()) else {
         return Ok(None);
     };

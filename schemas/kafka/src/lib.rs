@@ -25,4 +25,6 @@ pub use partition::{murmur2, partition_for};
 pub use progress::{watch_progress, Stalls, Watched};
 pub use retry::{retry_until, Backoff};
 pub use role::{broker_reachable, close_on_stop, metrics_text, shutdown_signal, CLOSE_ON_STOP};
-pub use settings::{parse_property, BadProperty, KafkaConsumer, KafkaSettings, RoleContext};
+pub use settings::{
+    parse_property, BadProperty, KafkaConsumer, KafkaSettings, RoleContext, FETCH_WAIT_MS,
+};

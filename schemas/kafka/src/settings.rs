@@ -86,7 +86,19 @@ pub struct KafkaSettings {
     /// one process on one broker only: two solo processes on the same topics
     /// would both decide every campaign.
     pub solo: bool,
+    /// How long the broker may hold a consumer's fetch when it has nothing
+    /// new (`fetch.wait.max.ms`); `None` is [`FETCH_WAIT_MS`]. Raised for
+    /// consumers whose messages wait seconds anyway (the retry tiers): tansu
+    /// answers every fetch only after this wait, so an idle consumer at 5 ms
+    /// costs the broker 200 fetches a second.
+    pub fetch_wait_ms: Option<u32>,
 }
+
+/// The broker's longest hold of a fetch for the consumers on the
+/// decision path (processors, sinks, listeners). Kafka answers a fetch as
+/// soon as data arrives; tansu 0.6 always holds it this long, so it is
+/// also the latency floor of each hop there.
+pub const FETCH_WAIT_MS: u32 = 5;
 
 /// Why a `key=value` librdkafka property could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +128,18 @@ pub fn parse_property(s: &str) -> Result<(String, String), BadProperty> {
 }
 
 impl KafkaSettings {
+    /// The same settings for consumers that can wait `ms` for new messages.
+    pub fn patient(&self, ms: u32) -> Self {
+        Self {
+            fetch_wait_ms: Some(ms),
+            ..self.clone()
+        }
+    }
+
+    fn fetch_wait(&self) -> String {
+        self.fetch_wait_ms.unwrap_or(FETCH_WAIT_MS).to_string()
+    }
+
     fn base(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -170,7 +194,7 @@ impl KafkaSettings {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", heartbeat.to_string())
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", self.fetch_wait())
             .set("fetch.min.bytes", "1")
             .set("enable.partition.eof", "false");
         if let Some(id) = &self.instance_id {
@@ -226,7 +250,7 @@ impl KafkaSettings {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", self.fetch_wait())
             .own(&self.properties)
             .create_with_context(RoleContext)
     }
@@ -238,7 +262,7 @@ impl KafkaSettings {
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", self.fetch_wait())
             .set("enable.partition.eof", "false")
             .own(&self.properties)
             .create_with_context(RoleContext)

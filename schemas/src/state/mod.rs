@@ -11,7 +11,7 @@
 mod keys;
 mod records;
 
-pub use keys::{CampaignKeys, KeyLayout};
+pub use keys::{lookup_shard, CampaignKeys, KeyLayout, LookupKind, LookupWindows, LOOKUP_SHARDS};
 pub use records::{Answer, OrderRecord, Payment, RecordError, StockCounters, StoredOrder};
 
 /// Fields of the campaign's `meta` hash.

@@ -36,7 +36,7 @@ pub(crate) fn parse(message: &OwnedMessage) -> Result<OrderEvent, (ErrorClass, S
     let payload = message
         .payload()
         .ok_or_else(|| (ErrorClass::Unparseable, "empty payload".to_owned()))?;
-    let event: OrderEvent = serde_json::from_slice(payload).map_err(|e| {
+    let event = OrderEvent::from_json(payload).map_err(|e| {
         (
             ErrorClass::Unparseable,
             format!("invalid JSON order event: {e}"),

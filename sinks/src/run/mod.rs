@@ -62,8 +62,11 @@ pub async fn run(
     });
     let mut tiers = Vec::new();
     for tier in 1..=config.retry_delays_ms.len() {
+        // A retry waits its tier's delay (seconds) anyway: its consumer
+        // need not poll the broker every few milliseconds while idle.
         let tier_consumer = config
             .kafka
+            .patient(RETRY_FETCH_WAIT_MS)
             .group_member(
                 &config.topics.retry_group(tier),
                 &config.topics.orders_retry(tier),
@@ -146,6 +149,8 @@ pub async fn run(
 
 /// How long a batch in hand may still take once stopped, before it is
 /// abandoned.
+/// How long the broker may hold a retry tier's fetch when nothing is due.
+const RETRY_FETCH_WAIT_MS: u32 = 250;
 const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
 /// How long the retry tiers get to stop (their drain, final commit and
 /// close are bounded on their own; this bounds the sum).
