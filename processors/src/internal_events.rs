@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram, register_int_counter, register_int_counter_vec, Histogram, IntCounter,
-    IntCounterVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    Histogram, HistogramVec, IntCounter, IntCounterVec,
 };
 
 // Registration only fails on a duplicate name, and each name is registered
@@ -24,6 +24,19 @@ static LUA_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
         "seckill_lua_duration_seconds",
         "Time of one decision script call (one campaign of one batch)",
         vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]
+    )
+    .expect("metric registered once")
+});
+
+static STAGE_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "seckill_processor_stage_duration_seconds",
+        "Time one batch spends in a processor stage: parse (read and check the \
+         messages), decide (the Lua calls), emit (events and lookups built, \
+         lookups written, events handed to the producer), settle (until the \
+         broker acknowledged every event)",
+        &["stage"],
+        vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]
     )
     .expect("metric registered once")
 });
@@ -74,6 +87,11 @@ static EVENTS_EMITTED: LazyLock<IntCounter> = LazyLock::new(|| {
 
 pub(crate) fn batch_received(messages: usize) {
     BATCH_MESSAGES.observe(messages as f64);
+}
+
+/// A batch spent `seconds` in `stage` (`parse`, `decide`, `emit`, `settle`).
+pub(crate) fn stage(stage: &'static str, seconds: f64) {
+    STAGE_SECONDS.with_label_values(&[stage]).observe(seconds);
 }
 
 pub(crate) fn decided(outcome: &str) {

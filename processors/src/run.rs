@@ -50,9 +50,11 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         let worker = Arc::clone(&worker);
         tokio::spawn(async move {
             while let Some(decided) = emitting.recv().await {
+                let started = std::time::Instant::now();
                 let Some(in_flight) = worker.emit(decided).await else {
                     break;
                 };
+                internal_events::stage("emit", started.elapsed().as_secs_f64());
                 if to_settle.send(in_flight).await.is_err() {
                     break;
                 }
@@ -63,7 +65,9 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
         let (worker, consumer) = (Arc::clone(&worker), Arc::clone(&consumer));
         tokio::spawn(async move {
             while let Some(mut batch) = settling.recv().await {
+                let started = std::time::Instant::now();
                 let settled = worker.settle(&mut batch).await;
+                internal_events::stage("settle", started.elapsed().as_secs_f64());
                 worker.batch_settled();
                 if !settled {
                     // Stopped before the broker acknowledged it: the batch's
@@ -98,6 +102,7 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
     .await
     {
         internal_events::batch_received(messages.len());
+        let started = std::time::Instant::now();
         let partitions = worker.partition_count().await;
         let batch = Batch::new(
             messages,
@@ -105,9 +110,12 @@ pub async fn run(config: ProcessorConfig, cancel: CancellationToken) -> Result<(
             &config.command_keys,
             config.enable_reset,
         );
+        internal_events::stage("parse", started.elapsed().as_secs_f64());
+        let started = std::time::Instant::now();
         let Some(decided) = worker.decide(batch).await else {
             break;
         };
+        internal_events::stage("decide", started.elapsed().as_secs_f64());
         worker.batch_unsettled();
         if to_emit.send(decided).await.is_err() {
             break;
