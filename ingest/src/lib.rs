@@ -15,6 +15,7 @@ mod identity;
 mod internal_events;
 mod listener;
 mod openapi;
+mod position;
 mod problem;
 mod routes;
 mod state;
