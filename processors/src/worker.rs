@@ -232,11 +232,9 @@ impl Worker {
         }
         // The lookups go first: whoever reads an event must be able to
         // find what it names (a pay right after a reservation looks up the
-        // order's campaign).
-        if let Some(pipe) = self
-            .progress
-            .add_to(self.index_pipeline(&lookups), &messages)
-        {
+        // order's campaign). The batch's progress goes with them.
+        let writes = self.index_pipeline(&lookups);
+        if let Some(pipe) = self.progress.add_to(writes, &messages) {
             retry_until(
                 &self.cancel,
                 Backoff::STEP,
