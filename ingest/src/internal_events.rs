@@ -32,6 +32,16 @@ static PRODUCE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
+static POSITIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seckill_ingest_positions_total",
+        "Queued purchases' positions (partition, offset) for their place in line, by what became \
+         of them (written, dropped: the writer's queue was full, failed: Redis refused the write)",
+        &["outcome"]
+    )
+    .expect("metric registered once")
+});
+
 pub(crate) fn http_answered(route: &str, status: u16) {
     HTTP_REQUESTS
         .with_label_values(&[route, &status.to_string()])
@@ -49,4 +59,11 @@ pub(crate) fn produced(seconds: f64) {
 pub(crate) fn produce_failed(request_id: &str, error: &dyn std::fmt::Display) {
     PURCHASES.with_label_values(&["unknown_outcome"]).inc();
     tracing::warn!(request_id, error = %error, "no acknowledgement from the broker; answered 503 (outcome unknown)");
+}
+
+/// `n` positions were written, dropped or lost.
+pub(crate) fn positions(outcome: &'static str, n: usize) {
+    POSITIONS
+        .with_label_values(&[outcome])
+        .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
 }

@@ -16,6 +16,7 @@ mod internal_events;
 mod listener;
 mod lookup;
 mod openapi;
+mod position;
 mod problem;
 mod routes;
 mod state;

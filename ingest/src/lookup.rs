@@ -19,7 +19,8 @@ const TTL_REFRESH: Duration = Duration::from_secs(60);
 /// Mutex: held for a map operation only, never across an await.
 static TTLS: Mutex<Option<HashMap<String, (u64, Instant)>>> = Mutex::new(None);
 
-async fn windows(
+/// The windows the processors write lookups into.
+pub(crate) async fn windows(
     con: &mut ConnectionManager,
     keys: &KeyLayout,
 ) -> Result<LookupWindows, redis::RedisError> {
@@ -41,7 +42,34 @@ async fn windows(
     Ok(LookupWindows::new(secs))
 }
 
-/// The lookup of `kind` for `id`, newest window first.
+/// The windows to read now.
+fn to_read(windows: LookupWindows) -> [u64; 3] {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    windows.to_read(now)
+}
+
+/// Adds the reads of the lookup of `kind` for `id` to `pipe`: one reply
+/// per window, newest first (see [`first`]).
+pub(crate) fn queue_reads(
+    pipe: &mut redis::Pipeline,
+    keys: &KeyLayout,
+    windows: LookupWindows,
+    kind: LookupKind,
+    id: &str,
+) {
+    for w in to_read(windows) {
+        pipe.hget(keys.lookup(kind, id, w), id);
+    }
+}
+
+/// The newest of the replies [`queue_reads`] asked for.
+pub(crate) fn first(found: [Option<String>; 3]) -> Option<String> {
+    found.into_iter().flatten().next()
+}
+
+/// The lookup of `kind` for `id`.
 pub(crate) async fn read(
     con: &mut ConnectionManager,
     keys: &KeyLayout,
@@ -49,13 +77,8 @@ pub(crate) async fn read(
     id: &str,
 ) -> Result<Option<String>, redis::RedisError> {
     let windows = windows(con, keys).await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let mut pipe = redis::pipe();
-    for w in windows.to_read(now) {
-        pipe.hget(keys.lookup(kind, id, w), id);
-    }
-    let found: Vec<Option<String>> = pipe.query_async(con).await?;
-    Ok(found.into_iter().flatten().next())
+    queue_reads(&mut pipe, keys, windows, kind, id);
+    let (a, b, c): (Option<String>, Option<String>, Option<String>) = pipe.query_async(con).await?;
+    Ok(first([a, b, c]))
 }

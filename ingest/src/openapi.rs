@@ -316,7 +316,8 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let not_applied = "Redis or the broker is unavailable, or the command was queued but not \
                        applied within 10 s (are the processors running?).";
     let applied = "Applied: the campaign as it is now.";
-    let queued = "Queued, not applied yet (or not within `wait_ms`).";
+    let queued = "Queued, not applied yet. When `wait_ms` ran out, `queue` says where the \
+                  command stands in line.";
     let retry_same_key = "Redis or the broker is unavailable: retry with the same Idempotency-Key.";
     let refused = "Refused; `reason` says why: `expired`, `already_paid` or `cancelled`.";
 
@@ -479,7 +480,8 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         )
         .json(
             202,
-            "Queued, not decided yet (or not within `wait_ms`).",
+            "Queued, not decided yet. When `wait_ms` ran out, `queue` says where the request \
+             stands in line.",
             accepted.clone(),
         )
         .problem(
@@ -508,12 +510,18 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         .summary("A request's decision or result")
         .describe(
             "What the processor recorded: a purchase decision, a pay or cancel result, or a \
-                 campaign command's outcome; `pending` while there is none. A caller reads \
-                 their own requests; others' need the role admin.",
+                 campaign command's outcome; `pending` while there is none. A pending purchase \
+                 also says where it stands in line (`queue`): how many messages of its \
+                 partition of the requests topic the processors still have to go through before \
+                 it (every message counts, commands included), and an estimated wait from \
+                 their recent decision rate; `queue` is left out until ingest has recorded the \
+                 request's position (a few ms after the answer), and for requests produced \
+                 straight to the topic. A caller reads their own requests; others' need the \
+                 role admin.",
         )
         .json(
             200,
-            "The decision or result, or `{request_id, status: \"pending\"}`.",
+            "The decision or result, or `{request_id, status: \"pending\", queue?}`.",
             json!({
                 "anyOf": [
                     schema::<Decision>(g),
@@ -527,7 +535,8 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         .auth_problems()
         .problem(
             403,
-            "The request is another user's, and the token does not have the role admin.",
+            "The request (decided, or pending with a known place in line) is another \
+             user's, and the token does not have the role admin.",
         )
         .problem(503, "Redis is unavailable."),
         Op::new("get", "/v1/orders", "listOrders", "orders", Caller)

@@ -31,6 +31,8 @@ pub(crate) struct App {
     pub(crate) started: std::time::Instant,
     /// What the stall watch found (see `seckill_kafka::watch_progress`).
     pub(crate) stalls: seckill_kafka::Stalls,
+    /// Pending requests' places in line.
+    pub(crate) line: crate::position::Line,
 }
 
 pub(crate) type AppState = Arc<App>;
@@ -176,8 +178,25 @@ impl App {
             )
             .map_err(kafka_err)?
         };
+        let keys = KeyLayout::new(config.key_prefix.clone());
+        // The group that decides the requests topic: its committed offsets
+        // place a request before the processors report progress.
+        let processors_group = config
+            .watch
+            .iter()
+            .find(|w| w.topic == config.topics.requests)
+            .map(|w| w.group.as_str());
+        let line = crate::position::Line::start(
+            redis.clone(),
+            &keys,
+            &config.kafka,
+            processors_group,
+            &config.topics.requests,
+        )
+        .map_err(kafka_err)?;
         let app = Arc::new(App {
-            keys: KeyLayout::new(config.key_prefix.clone()),
+            keys,
+            line,
             cache: CampaignCache::new(Duration::from_millis(config.campaign_cache_ms)),
             inflight: Arc::new(Semaphore::new(config.max_inflight)),
             config,

@@ -7,6 +7,7 @@ mod config;
 mod decide;
 mod error;
 mod internal_events;
+mod progress;
 mod restore;
 mod run;
 mod sweep;

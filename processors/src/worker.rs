@@ -27,6 +27,8 @@ pub(crate) struct Worker {
     /// The requests topic's partition count and when it was read.
     partitions: Mutex<(i32, Option<Instant>)>,
     keys: KeyLayout,
+    /// Progress per partition, written with each batch's lookups.
+    progress: crate::progress::Progress,
     redis: ConnectionManager,
     producer: FutureProducer,
     config: ProcessorConfig,
@@ -60,6 +62,7 @@ impl Worker {
             defs: Mutex::new(HashMap::new()),
             partitions: Mutex::new((0, None)),
             keys: KeyLayout::new(config.key_prefix.clone()),
+            progress: crate::progress::Progress::new(&KeyLayout::new(config.key_prefix.clone())),
             redis,
             producer,
             config,
@@ -229,8 +232,9 @@ impl Worker {
         }
         // The lookups go first: whoever reads an event must be able to
         // find what it names (a pay right after a reservation looks up the
-        // order's campaign).
-        if let Some(pipe) = self.index_pipeline(&lookups) {
+        // order's campaign). The batch's progress goes with them.
+        let writes = self.index_pipeline(&lookups);
+        if let Some(pipe) = self.progress.add_to(writes, &messages) {
             retry_until(
                 &self.cancel,
                 Backoff::STEP,

@@ -187,10 +187,48 @@ pub struct UserParticipation {
 }
 
 /// 202 body: the request is queued; poll `GET /v1/requests/{request_id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Also the `pending` answer of that poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RequestAccepted {
     pub request_id: String,
     pub status: DecisionStatus,
+    /// Where the request stands in line, when known: on
+    /// `GET /v1/requests/{request_id}` and on an answer whose `wait_ms`
+    /// ran out, to whoever may see the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePlace>,
+}
+
+/// A pending request's place in line on its partition of the requests
+/// topic. The processors decide a partition's messages in offset order, so
+/// what is ahead of a request is every message before it on its partition
+/// that they have not gone through yet: purchases, pay and cancel
+/// commands, campaign and expiry commands alike, of any campaign that
+/// shares the partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueuePlace {
+    /// The request's partition of the requests topic.
+    pub partition: i32,
+    /// The request's offset on it.
+    pub offset: i64,
+    /// Messages ahead of it on its partition, not decided yet. From the
+    /// processors' last reported progress (exact while they are between
+    /// batches; a batch in hand is still counted), or, before they have
+    /// reported any, from their consumer group's committed offset. Absent
+    /// when neither is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<u64>,
+    /// Time until the request is decided, estimated as `(ahead + 1) /
+    /// decided_rate_per_sec`. Absent when the rate is unknown or 0, and
+    /// when the processors have reported no progress on the partition for
+    /// 30 s while messages wait (they are stalled or down: no honest
+    /// estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_wait_ms: Option<u64>,
+    /// Messages of the partition the processors decided per second,
+    /// averaged over the last few seconds of work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_rate_per_sec: Option<f64>,
 }
 
 /// An order as the store holds it.

@@ -26,7 +26,7 @@ pub mod json_schema;
 
 pub use api::{
     AddStockBody, Decision, DecisionStatus, OrderCommandResult, OrderStatus, OrderView, PayBody,
-    PurchaseBody, RequestAccepted, UnknownStatus, UserParticipation,
+    PurchaseBody, QueuePlace, RequestAccepted, UnknownStatus, UserParticipation,
 };
 pub use auth::{AuthError, MIN_KEY_BYTES};
 pub use campaign::{

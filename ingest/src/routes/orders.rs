@@ -16,7 +16,7 @@ use seckill_store::OrderFilter;
 
 use super::campaigns::read_result;
 use super::purchases::idempotency_key;
-use super::queue::{accepted, submit};
+use super::queue::{accepted, submit_placed, waited_out};
 use crate::body;
 use crate::identity::{forbidden, Role};
 use crate::listener::Wakeup;
@@ -267,9 +267,10 @@ async fn order_command(
     };
     let check = || async { read_result::<OrderCommandResult>(app, &request_id).await };
     let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
-    Ok(match submit(app, &event, wait, pick, check).await? {
-        Some(r) => answer(r),
-        None => accepted(&request_id),
+    Ok(match submit_placed(app, &event, wait, pick, check).await? {
+        (Some(r), _) => answer(r),
+        (None, placed) if wait.is_some() => waited_out(app, &request_id, placed).await,
+        (None, _) => accepted(&request_id),
     })
 }
 

@@ -14,7 +14,7 @@ use seckill_schemas::{
     MAX_QUANTITY, SCHEMA_VERSION,
 };
 
-use super::queue::{accepted, submit};
+use super::queue::{accepted, submit_placed, waited_out};
 use super::requests::read_decision;
 use super::ClientIp;
 use crate::body;
@@ -220,10 +220,11 @@ async fn purchase(
     };
     let check = || async { read_decision(app, &request_id).await.ok().flatten() };
     let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
-    let outcome = submit(app, &event, wait, pick, check).await?;
+    let (outcome, placed) = submit_placed(app, &event, wait, pick, check).await?;
     internal_events::purchase("queued");
     Ok(match outcome {
         Some(d) => Json(d).into_response(),
+        None if wait.is_some() => waited_out(app, &request_id, placed).await,
         None => accepted(&request_id),
     })
 }

@@ -7,11 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rdkafka::producer::FutureRecord;
-use seckill_schemas::{DecisionStatus, RequestAccepted, RequestEvent};
+use seckill_schemas::{DecisionStatus, QueuePlace, RequestAccepted, RequestEvent};
 use tokio::sync::oneshot;
 
 use crate::internal_events;
 use crate::listener::Wakeup;
+use crate::position::Placed;
 use crate::problem::Problem;
 use crate::state::App;
 
@@ -19,7 +20,9 @@ use crate::state::App;
 /// acknowledgement. Without one the request's fate is unknown, and the
 /// client is told so (503 with the request id), never told it failed.
 /// A command goes out signed with the command key (purchases need none).
-pub(crate) async fn enqueue(app: &App, event: &RequestEvent) -> Result<(), Problem> {
+/// Returns where the request went; a purchase's position is handed to the
+/// positions writer, for its place in line (it does not wait for it).
+pub(crate) async fn enqueue(app: &App, event: &RequestEvent) -> Result<Placed, Problem> {
     let payload = if event.needs_auth() {
         let mut signed = event.clone();
         signed.sign(&app.config.command_key);
@@ -33,9 +36,20 @@ pub(crate) async fn enqueue(app: &App, event: &RequestEvent) -> Result<(), Probl
         .payload(&payload);
     let started = Instant::now();
     match app.producer.send(record, Duration::from_secs(1)).await {
-        Ok(_) => {
+        Ok(delivery) => {
             internal_events::produced(started.elapsed().as_secs_f64());
-            Ok(())
+            let placed = Placed {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            };
+            // Only a purchase: its result names its buyer, who may see its
+            // place; a command's result is the admin's (or the payment
+            // service's), and its sender gets its place from a `wait_ms`
+            // that runs out.
+            if let RequestEvent::PurchaseRequested(p) = event {
+                app.line.record(&p.request_id, &p.user_id, placed);
+            }
+            Ok(placed)
         }
         Err((e, _)) => {
             internal_events::produce_failed(event.request_id(), &e);
@@ -107,27 +121,69 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    Ok(submit_placed(app, event, wait, pick, check).await?.0)
+}
+
+/// [`submit`], also saying where the request went.
+pub(crate) async fn submit_placed<T, F, Fut>(
+    app: &App,
+    event: &RequestEvent,
+    wait: Option<Duration>,
+    pick: impl Fn(Wakeup) -> Option<T>,
+    check: F,
+) -> Result<(Option<T>, Placed), Problem>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let request_id = event.request_id();
     // Registered before the produce, so an outcome that comes back at once
     // is not missed.
     let rx = wait.map(|_| app.waiters.register(request_id));
-    if let Err(p) = enqueue(app, event).await {
-        app.waiters.forget(request_id);
-        return Err(p);
-    }
+    let placed = match enqueue(app, event).await {
+        Ok(placed) => placed,
+        Err(p) => {
+            app.waiters.forget(request_id);
+            return Err(p);
+        }
+    };
     match (rx, wait) {
-        (Some(rx), Some(wait)) => Ok(wait_for(app, request_id, rx, wait, pick, check).await),
-        _ => Ok(None),
+        (Some(rx), Some(wait)) => Ok((
+            wait_for(app, request_id, rx, wait, pick, check).await,
+            placed,
+        )),
+        _ => Ok((None, placed)),
     }
 }
 
 /// 202: queued; the outcome will be at `GET /v1/requests/{request_id}`.
+/// Said at once, without a look at the line (no Redis call on this path).
 pub(crate) fn accepted(request_id: &str) -> Response {
+    pending(request_id, None)
+}
+
+/// 202 for a request whose `wait_ms` ran out: queued, and where it stands
+/// in line now (told to its sender, who may see it). Without Redis the
+/// answer is the same, without the place.
+pub(crate) async fn waited_out(app: &App, request_id: &str, placed: Placed) -> Response {
+    let mut con = app.redis.clone();
+    let queue = match app.line.place(&mut con, placed).await {
+        Ok(q) => Some(q),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the processors' progress");
+            None
+        }
+    };
+    pending(request_id, queue)
+}
+
+fn pending(request_id: &str, queue: Option<QueuePlace>) -> Response {
     (
         StatusCode::ACCEPTED,
         Json(RequestAccepted {
             request_id: request_id.to_owned(),
             status: DecisionStatus::Pending,
+            queue,
         }),
     )
         .into_response()

@@ -1,6 +1,8 @@
 //! Redis key layout. Every key of a campaign carries the hash tag `{c:<id>}`
 //! so that one Lua call touches one slot and runs unchanged on Redis Cluster.
-//! The processors are the only writers of these keys; ingest only reads them.
+//! The processors are the only writers of the campaign keys; ingest only
+//! reads them. The one key ingest writes is a pending request's
+//! [`KeyLayout::position`], which no campaign state depends on.
 
 /// Key names for a deployment (a prefix keeps tests and environments apart).
 #[derive(Debug, Clone)]
@@ -99,6 +101,21 @@ impl KeyLayout {
     /// Set of every campaign id, for the expiry sweeper and system stats.
     pub fn campaigns(&self) -> String {
         format!("{}:campaigns", self.prefix)
+    }
+
+    /// Where a request sits on the requests topic and whose it is (see
+    /// [`super::Position`]), for its place in line while it is pending.
+    /// Written by ingest once the broker acknowledged the request, with a
+    /// TTL; never read for a decision.
+    pub fn position(&self, request_id: &str) -> String {
+        format!("{}:position:{request_id}", self.prefix)
+    }
+
+    /// Hash: partition of the requests topic -> how far the processors are
+    /// on it (see [`super::Progress`]). Written by the processors once per
+    /// batch, with the batch's lookups.
+    pub fn progress(&self) -> String {
+        format!("{}:progress", self.prefix)
     }
 }
 

@@ -9,9 +9,11 @@
 //! script wrote and fails when the two drift.
 
 mod keys;
+mod line;
 mod records;
 
 pub use keys::{lookup_shard, CampaignKeys, KeyLayout, LookupKind, LookupWindows, LOOKUP_SHARDS};
+pub use line::{Position, Progress};
 pub use records::{Answer, OrderRecord, Payment, RecordError, StockCounters, StoredOrder};
 
 /// Fields of the campaign's `meta` hash.
