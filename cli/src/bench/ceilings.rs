@@ -212,7 +212,39 @@ pub(super) async fn measure(t: &Target<'_>) -> anyhow::Result<Ceilings> {
         .await;
     let ceilings = result?;
     cleanup.context("deleting the ceiling keys")?;
+    release_memory(&mut con).await;
     Ok(ceilings)
+}
+
+/// Waits (at most 5 s) until Redis has freed the deleted ceiling keys in
+/// the background (UNLINK), then asks it to hand the freed pages back to
+/// the system (MEMORY PURGE, a no-op without jemalloc): the memory sampled
+/// during the load is then the load's, not the reference answers'.
+/// Redis's VmHWM and used_memory_peak still count them.
+async fn release_memory(con: &mut MultiplexedConnection) {
+    for _ in 0..100 {
+        let pending = redis::cmd("INFO")
+            .arg("memory")
+            .query_async::<String>(con)
+            .await
+            .ok()
+            .and_then(|info| {
+                super::rss::parse_info(&info)
+                    .get("lazyfree_pending_objects")
+                    .copied()
+            });
+        if pending.is_none_or(|n| n == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Err(e) = redis::cmd("MEMORY")
+        .arg("PURGE")
+        .query_async::<()>(con)
+        .await
+    {
+        eprintln!("bench: MEMORY PURGE after the ceilings: {e}");
+    }
 }
 
 async fn measure_on(
