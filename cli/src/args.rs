@@ -133,10 +133,14 @@ pub(crate) struct StoreArgs {
     pub(crate) store_fault_file: Option<std::path::PathBuf>,
 }
 
+/// Most requests one processor batch decides, unless SECKILL_BATCH_MAX
+/// says otherwise (`seckill bench --batch-max` defaults to it too).
+pub(crate) const DEFAULT_BATCH_MAX: usize = 2000;
+
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ProcessArgs {
     /// Most requests one processor batch decides.
-    #[arg(long, env = "SECKILL_BATCH_MAX", default_value_t = 2000)]
+    #[arg(long, env = "SECKILL_BATCH_MAX", default_value_t = DEFAULT_BATCH_MAX)]
     pub(crate) batch_max: usize,
     /// Longest wait for a processor batch to fill after its first request.
     #[arg(long, env = "SECKILL_BATCH_MAX_MS", default_value_t = 5)]
