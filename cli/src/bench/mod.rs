@@ -76,11 +76,14 @@ pub(crate) struct BenchCmd {
     /// Open loop: seconds of load; rate × duration requests are sent.
     #[arg(long, env = "SECKILL_BENCH_DURATION_SECS", requires = "rate")]
     duration: Option<f64>,
-    /// Open loop: most requests unanswered at once (a safety cap). A request
-    /// that finds the cap reached waits for a slot and is counted in
-    /// `late_sends`; its latency still counts from its due time.
-    #[arg(long, env = "SECKILL_BENCH_MAX_IN_FLIGHT", default_value_t = 20_000)]
-    max_in_flight: usize,
+    /// Open loop: most requests unanswered at once. A request that finds
+    /// the cap reached waits for a slot and is counted in `late_sends`; its
+    /// latency still counts from its due time. Over HTTP the default is
+    /// `--concurrency` (one request per connection, as wrk2 does: more
+    /// would open a connection per request and measure connection set-up);
+    /// through Kafka 20000.
+    #[arg(long, env = "SECKILL_BENCH_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
     /// Closed loop: purchase requests to send (default 20000).
     #[arg(long, env = "SECKILL_BENCH_REQUESTS")]
     requests: Option<usize>,
@@ -166,6 +169,14 @@ enum Pace {
 }
 
 impl BenchCmd {
+    /// The open loop's cap on unanswered requests (see `--max-in-flight`).
+    fn in_flight_cap(&self) -> usize {
+        self.max_in_flight.unwrap_or(match self.via {
+            Via::Http => self.concurrency.max(1),
+            Via::Kafka => 20_000,
+        })
+    }
+
     fn pace(&self) -> anyhow::Result<(Pace, usize)> {
         match (self.rate, self.duration) {
             (Some(rate), Some(secs)) => {
@@ -175,7 +186,7 @@ impl BenchCmd {
                 if !(secs.is_finite() && secs > 0.0) {
                     bail!("--duration must be a positive number of seconds");
                 }
-                if self.max_in_flight == 0 {
+                if self.max_in_flight == Some(0) {
                     bail!("--max-in-flight must be at least 1");
                 }
                 let n = load::open_loop_requests(rate, secs);
@@ -280,7 +291,7 @@ impl BenchCmd {
         }
         let loaded = match (pace, self.via) {
             (Pace::Open { rate, .. }, _) => {
-                load::paced(&sender, &plan, Some(rate), self.max_in_flight).await?
+                load::paced(&sender, &plan, Some(rate), self.in_flight_cap()).await?
             }
             (Pace::Closed, Via::Http) => {
                 load::closed_http(&sender, &plan, self.concurrency).await?
@@ -434,7 +445,7 @@ impl BenchCmd {
             "decided": decided,
             "persisted": stored,
             "late_sends": loaded.late_sends,
-            "max_in_flight": matches!(pace, Pace::Open { .. }).then_some(self.max_in_flight),
+            "max_in_flight": matches!(pace, Pace::Open { .. }).then_some(self.in_flight_cap()),
             // Every answer of the load (queued, answered from the cache, or
             // refused) over the time the load took.
             "answered_per_sec": answered_per_sec.round(),
