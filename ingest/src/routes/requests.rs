@@ -33,7 +33,7 @@ pub(crate) async fn read_result_json(
         return Ok(Some(value));
     };
     let current: bool = redis::cmd("HEXISTS")
-        .arg(app.keys.campaign(campaign).requests)
+        .arg(super::buckets::requests_key(app, campaign, &value).await)
         .arg(request_id)
         .query_async(&mut con)
         .await
