@@ -81,12 +81,16 @@ fn key(id: &str, b: u32) -> String {
 }
 
 fn buy(id: &str, request: &str, user: &str) -> RequestEvent {
+    buy_q(id, request, user, 1)
+}
+
+fn buy_q(id: &str, request: &str, user: &str, quantity: u32) -> RequestEvent {
     RequestEvent::PurchaseRequested(PurchaseRequested {
         schema_version: 1,
         request_id: request.into(),
         campaign_id: id.into(),
         user_id: user.into(),
-        quantity: 1,
+        quantity,
         requested_at_ms: Some(1_000 + request.len() as i64),
         attributes: None,
     })
@@ -367,23 +371,29 @@ async fn a_drained_bucket_borrows_from_each_sibling_in_turn_and_units_move_once(
     b.conserved(4).await;
 }
 
-/// A bucket with parked purchases lends nothing; a close decides the
-/// parked ones (not_active, closed); a transfer arriving after the close
-/// still adds its units.
+/// A bucket with parked purchases lends nothing, not even the units its
+/// first waiting purchase is short of; a close decides the parked ones
+/// (not_active, closed); a transfer arriving after the close still adds
+/// its units.
 #[tokio::test]
 async fn a_waiting_bucket_lends_nothing_and_a_close_answers_its_parked_purchases() {
-    let mut b = Buckets::new(spec("hot2", 2, 2, 1)).await;
+    // Shares 2 and 1.
+    let mut b = Buckets::new(spec("hot2", 3, 2, 2)).await;
     let out = b
-        .run(0, &[buy("hot2", "a1", "u1"), buy("hot2", "a2", "u2")], true)
+        .run(
+            0,
+            &[buy_q("hot2", "a1", "u1", 2), buy("hot2", "a2", "u2")],
+            true,
+        )
         .await;
     assert_eq!(status(&out[0]), Some(DecisionStatus::Reserved));
     let ask0 = asks(&out[1])[0].clone();
-    let out = b
-        .run(1, &[buy("hot2", "b1", "v1"), buy("hot2", "b2", "v2")], true)
-        .await;
-    assert_eq!(status(&out[0]), Some(DecisionStatus::Reserved));
-    let ask1 = asks(&out[1])[0].clone();
-    // Each asks the other; each is waiting, so each lends nothing.
+    // Bucket 1 has 1 unit; v1 wants 2: parked, asking bucket 0.
+    let out = b.run(1, &[buy_q("hot2", "b1", "v1", 2)], true).await;
+    let ask1 = asks(&out[0])[0].clone();
+    assert_eq!(b.stock(1).await, (1, 1, 0, 0));
+    // Each asks the other; each is waiting, so each lends nothing (bucket
+    // 1 keeps its unit for v1).
     let (_, borrow) = borrow_of("hot2", 0, &ask0);
     let lent = b.once(1, borrow).await;
     assert!(
@@ -414,7 +424,8 @@ async fn a_waiting_bucket_lends_nothing_and_a_close_answers_its_parked_purchases
     // The answer to its old ask comes late: no purchase waits any more.
     let got = b.once(0, late_transfer).await;
     assert!(served(&got).is_empty() && asks(&got).is_empty(), "{got:?}");
-    b.conserved(2).await;
+    assert_eq!(b.stock(1).await, (1, 1, 0, 0));
+    b.conserved(3).await;
 }
 
 /// A campaign of one bucket is the campaign of old: no bucket fields in

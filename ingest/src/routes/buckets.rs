@@ -81,6 +81,14 @@ pub(crate) async fn requests_key(
     app.keys.bucket(campaign_id, bucket).requests
 }
 
+/// The stock bucket of `user_id`'s purchases in `campaign_id` (0 for a
+/// campaign of one bucket, or one that does not exist).
+pub(crate) async fn user_bucket(app: &App, campaign_id: &str, user_id: &str) -> u32 {
+    definition(app, campaign_id)
+        .await
+        .map_or(0, |s| bucket_of(user_id, s.bucket_count()))
+}
+
 /// The key of the bucket that holds `user_id`'s orders of `campaign_id`.
 pub(crate) async fn order_key(app: &App, campaign_id: &str, user_id: &str) -> String {
     let count = definition(app, campaign_id)

@@ -303,7 +303,10 @@ pub(super) async fn user(
         }
         Err(p) => return p.into_response(),
     }
-    let k = app.keys.campaign(&id);
+    // The user's holdings are in its stock bucket's records.
+    let k = app
+        .keys
+        .bucket(&id, super::buckets::user_bucket(&app, &id, &user_id).await);
     let mut con = app.redis.clone();
     let r: Result<(Option<String>, Option<String>, Option<String>), _> = redis::pipe()
         .hget(&k.meta, meta::DEFINITION)
@@ -366,21 +369,31 @@ pub(super) async fn stats(
         }
         Err(e) => return read_failed(e).into_response(),
     };
-    let k = app.keys.campaign(&id);
-    let r: Result<(BTreeMap<String, String>, u64, u64), _> = redis::pipe()
-        .hgetall(&k.stats)
-        .hlen(&k.users)
-        .zcard(&k.deadlines)
-        .query_async(&mut con)
-        .await;
-    let (decisions, buyers, awaiting_payment) = match r {
-        Ok(v) => v,
-        Err(e) => return redis_down(e).into_response(),
-    };
-    let decisions = match read_decisions(&decisions) {
-        Ok(d) => d,
-        Err(e) => return unreadable(e).into_response(),
-    };
+    // Every stock bucket's records, added up.
+    let (mut decisions, mut buyers, mut awaiting_payment) = (BTreeMap::new(), 0, 0);
+    for b in 0..view.buckets {
+        let k = app.keys.bucket(&id, b);
+        let r: Result<(BTreeMap<String, String>, u64, u64), _> = redis::pipe()
+            .hgetall(&k.stats)
+            .hlen(&k.users)
+            .zcard(&k.deadlines)
+            .query_async(&mut con)
+            .await;
+        let (raw, users, due) = match r {
+            Ok(v) => v,
+            Err(e) => return redis_down(e).into_response(),
+        };
+        match read_decisions(&raw) {
+            Ok(d) => {
+                for (status, n) in d {
+                    *decisions.entry(status).or_insert(0) += n;
+                }
+            }
+            Err(e) => return unreadable(e).into_response(),
+        }
+        buyers += users;
+        awaiting_payment += due;
+    }
     Json(json!({
         "campaign_id": id,
         "state": view.state,
