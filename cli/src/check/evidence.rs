@@ -1,7 +1,7 @@
 //! Reading what the checks compare: the orders topic, a dead-letter topic,
 //! the order store and the campaign's Redis state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use rdkafka::message::Message;
@@ -66,6 +66,9 @@ pub struct OrderLog {
     /// command settled the two are equal: nothing in transit.
     pub lent: HashMap<String, i64>,
     pub received: HashMap<String, i64>,
+    /// Request ids of the commands counted above: a redelivered command
+    /// announces its answer again, and counts once.
+    pub counted: HashSet<String>,
     /// Messages read.
     pub messages: usize,
     /// Messages that are not order events (they belong in the DLQ).
@@ -103,7 +106,9 @@ impl OrderLog {
                 _ => None,
             };
             if let Some((map, units)) = counter {
-                *map.entry(a.campaign_id.clone()).or_default() += units;
+                if self.counted.insert(a.request_id.clone()) {
+                    *map.entry(a.campaign_id.clone()).or_default() += units;
+                }
             }
         }
         if let Some(d) = event.decision() {

@@ -633,10 +633,12 @@ mod tests {
                 .retain(|m| m.contains("bucket") || m.contains("log"));
             r
         };
+        // The transfer announced twice (its batch redelivered) counts once.
         let settled = [
             created(3),
             created(2),
             moved("borrow", 1),
+            moved("transfer", 1),
             moved("transfer", 1),
         ];
         let log = OrderLog::from_payloads(settled.iter().map(|p| p.as_bytes()));
