@@ -351,6 +351,35 @@ mod tests {
         let mut t = translate(&purchase("r1", "u1"), rest, None, 0);
         assert!(t.events.is_empty() && t.lookups.is_empty());
 
+        // Bucket 3 decides the borrow: its transfer back is named after the
+        // ask, so a redelivered borrow sends the same transfer again.
+        let borrow = work.commands[0].event.clone();
+        let lend = Answer::Lend {
+            to: 2,
+            units: 4,
+            round: 9,
+            ask: 1,
+        };
+        for _ in 0..2 {
+            let (_, work) = take("hot#3", &borrow, vec![lend.clone()]);
+            assert_eq!(
+                work.commands,
+                [BucketCommand {
+                    to: 2,
+                    event: command(
+                        "hot",
+                        "transfer.hot.2.9.1".into(),
+                        CampaignAction::Transfer {
+                            from: 3,
+                            units: 4,
+                            round: 9,
+                            ask: 1
+                        }
+                    ),
+                }]
+            );
+        }
+
         let transfer = command(
             "hot",
             "transfer.hot.0.9.1".into(),
