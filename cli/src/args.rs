@@ -215,6 +215,17 @@ pub(crate) struct IngestArgs {
     /// not watched).
     #[arg(long, env = "SECKILL_STALL_SECS", default_value_t = 30)]
     pub(crate) stall_secs: u64,
+    /// Decisions per second one stock bucket's partition takes on your
+    /// hardware (one processor deciding one campaign key): a campaign
+    /// created without `buckets` but with `expected_requests_per_sec` gets
+    /// ceil(expected / this) buckets, at most the requests topic's
+    /// partitions and its stock / `--bucket-min-units`.
+    #[arg(long, env = "SECKILL_BUCKET_RATE_PER_SEC", default_value_t = 20_000)]
+    pub(crate) bucket_rate_per_sec: u64,
+    /// Fewest units a stock bucket starts with when buckets are chosen
+    /// automatically (a smaller campaign gets fewer buckets).
+    #[arg(long, env = "SECKILL_BUCKET_MIN_UNITS", default_value_t = 100)]
+    pub(crate) bucket_min_units: u64,
     #[command(flatten)]
     pub(crate) identity: IdentityArgs,
 }

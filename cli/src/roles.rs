@@ -206,6 +206,10 @@ fn ingest_config(
             },
         ],
         stall_after: std::time::Duration::from_secs(i.stall_secs),
+        buckets: seckill_ingest::BucketConfig {
+            rate_per_bucket: i.bucket_rate_per_sec.max(1),
+            min_units_per_bucket: i.bucket_min_units.max(1),
+        },
     })
 }
 

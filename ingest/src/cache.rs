@@ -34,6 +34,9 @@ pub(crate) struct Snapshot {
     pub(crate) ends_ms: i64,
     pub(crate) closed: bool,
     pub(crate) draft: bool,
+    /// Units available, every stock bucket's added up: a purchase may be
+    /// answered sold out here only when no bucket could serve it (a bucket
+    /// short of units borrows from its siblings).
     pub(crate) available: u64,
     /// The definition, for the kind and the eligibility rule.
     pub(crate) spec: Arc<CampaignSpec>,
@@ -76,18 +79,22 @@ impl CampaignCache {
             .await?;
         let snap = match read_head(head)? {
             None => None,
-            Some((spec, closed, draft)) => Some(Snapshot {
-                starts_ms: spec.starts_at.timestamp_millis(),
-                ends_ms: spec.ends_at.timestamp_millis(),
-                closed,
-                draft,
-                available: unsigned(
-                    "stock",
-                    stock::AVAILABLE,
-                    StockCounters::from_hash(&stock_hash)?.available,
-                )?,
-                spec: Arc::new(spec),
-            }),
+            Some((spec, closed, draft)) => {
+                let mut counters = vec![StockCounters::from_hash(&stock_hash)?];
+                counters.extend(sibling_counters(con, keys, &spec).await?);
+                let mut available = 0;
+                for c in counters {
+                    available += unsigned("stock", stock::AVAILABLE, c.available)?;
+                }
+                Some(Snapshot {
+                    starts_ms: spec.starts_at.timestamp_millis(),
+                    ends_ms: spec.ends_at.timestamp_millis(),
+                    closed,
+                    draft,
+                    available,
+                    spec: Arc::new(spec),
+                })
+            }
         };
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() > 100_000 {
@@ -96,6 +103,39 @@ impl CampaignCache {
         entries.insert(campaign_id.to_owned(), (Instant::now(), snap.clone()));
         Ok(snap)
     }
+
+    /// The campaign's definition as last read, however old: it never
+    /// changes once created (for routing a purchase to its stock bucket
+    /// without a Redis round trip; `None` when not read yet).
+    pub(crate) fn definition(&self, campaign_id: &str) -> Option<Arc<CampaignSpec>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(campaign_id)
+            .and_then(|(_, snap)| snap.as_ref())
+            .map(|s| Arc::clone(&s.spec))
+    }
+}
+
+/// The stock counters of a campaign's buckets 1.. (none for a campaign of
+/// one bucket), by bucket number.
+async fn sibling_counters(
+    con: &mut ConnectionManager,
+    keys: &KeyLayout,
+    spec: &CampaignSpec,
+) -> Result<Vec<StockCounters>, ReadError> {
+    let count = spec.bucket_count();
+    if count <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for b in 1..count {
+        pipe.hgetall(keys.bucket(&spec.id, b).stock);
+    }
+    let hashes: Vec<HashMap<String, String>> = pipe.query_async(con).await?;
+    Ok(hashes
+        .iter()
+        .map(StockCounters::from_hash)
+        .collect::<Result<_, _>>()?)
 }
 
 /// The meta fields every reader here needs, in the order of [`Head`].
@@ -248,7 +288,28 @@ pub(crate) async fn read_view(
     };
     let (draw_commitment, draw_secret) =
         draw_fields(&spec, closed, secs * 1000 + micros / 1000, draw_key);
-    let stock = stock_view(StockCounters::from_hash(&stock_hash)?)?;
+    let own = StockCounters::from_hash(&stock_hash)?;
+    let siblings = sibling_counters(con, keys, &spec).await?;
+    let bucket_stock = if siblings.is_empty() {
+        Vec::new()
+    } else {
+        std::iter::once(own)
+            .chain(siblings)
+            .map(stock_view)
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let stock = if bucket_stock.is_empty() {
+        stock_view(own)?
+    } else {
+        bucket_stock
+            .iter()
+            .fold(StockView::default(), |sum, b| StockView {
+                total: sum.total + b.total,
+                available: sum.available + b.available,
+                reserved: sum.reserved + b.reserved,
+                paid: sum.paid + b.paid,
+            })
+    };
     let prize_stock = spec
         .draw_table()
         .into_iter()
@@ -284,6 +345,8 @@ pub(crate) async fn read_view(
         payment_timeout_secs: spec.payment_timeout_secs,
         price: spec.price,
         prizes: prize_stock,
+        buckets: spec.bucket_count(),
+        bucket_stock,
         definition: spec,
         draw_commitment,
         draw_secret,

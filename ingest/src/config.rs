@@ -54,4 +54,19 @@ pub struct IngestConfig {
     /// A watched group that commits nothing for this long while messages
     /// wait is stalled: logged, and `/readyz` fails (zero: not watched).
     pub stall_after: std::time::Duration,
+    /// How campaigns created without `buckets` get theirs.
+    pub buckets: BucketConfig,
+}
+
+/// The automatic choice of a new campaign's stock buckets
+/// (`seckill_schemas::BucketPlan`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Decisions per second one bucket's partition (one processor, one
+    /// Lua call per batch) takes on this hardware; a campaign expecting
+    /// `expected_requests_per_sec` gets that divided by this, rounded up.
+    pub rate_per_bucket: u64,
+    /// Fewest units a bucket starts with: a campaign with less stock per
+    /// bucket gets fewer buckets (one, when small).
+    pub min_units_per_bucket: u64,
 }

@@ -21,7 +21,7 @@ mod problem;
 mod routes;
 mod state;
 
-pub use config::IngestConfig;
+pub use config::{BucketConfig, IngestConfig};
 pub use error::IngestError;
 pub use identity::{mint, AuthMode, IdentityConfig, JwksSource, TokenClaims};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::DeliveryFuture;
 use seckill_kafka::{partition_for, ErrorClass};
-use seckill_schemas::{CampaignSpec, RequestEvent};
+use seckill_schemas::{split_key, CampaignSpec, RequestEvent};
 
 use seckill_schemas::state::Answer;
 
@@ -22,6 +22,8 @@ pub(crate) struct Request {
 /// One campaign's requests of a batch, in offset order, and once decided
 /// the campaign's stored definition and each request's records.
 pub(crate) struct CampaignPart {
+    /// The campaign's key: its id, or `<id>#<b>` for its stock bucket b
+    /// (each bucket is a part of its own, with its own Redis keys).
     pub(crate) campaign_id: String,
     pub(crate) requests: Vec<Request>,
     /// The stored definition, when the campaign exists (filled by deciding).
@@ -44,6 +46,9 @@ pub(crate) struct Undecidable {
 pub(crate) struct Misplaced {
     pub(crate) at: usize,
     pub(crate) to: i32,
+    /// The key to forward it under, when not its own (a purchase sent to
+    /// another stock bucket than its user's, see `crate::buckets`).
+    pub(crate) key: Option<String>,
 }
 
 /// A batch read from the requests topic.
@@ -73,22 +78,25 @@ impl Batch {
         let mut undecidable = Vec::new();
         let mut misplaced = Vec::new();
         for (at, m) in messages.iter().enumerate() {
-            let event = match parse(m).and_then(|e| admit(e, keys, enable_reset)) {
+            let event = match parse(m).and_then(|(e, bucket)| admit(e, keys, enable_reset, bucket))
+            {
                 Ok(event) => event,
                 Err((class, reason)) => {
                     undecidable.push(Undecidable { at, class, reason });
                     continue;
                 }
             };
+            // parse() checked that the key is the campaign id, or the key of
+            // one of its stock buckets.
+            let key = m.key().unwrap_or_default();
             if partitions > 0 {
-                // parse() checked that the key is the campaign id.
-                let to = partition_for(event.campaign_id().as_bytes(), partitions);
+                let to = partition_for(key, partitions);
                 if to != m.partition() {
-                    misplaced.push(Misplaced { at, to });
+                    misplaced.push(Misplaced { at, to, key: None });
                     continue;
                 }
             }
-            let cid = event.campaign_id();
+            let cid = std::str::from_utf8(key).unwrap_or_default();
             let slot = match slots.get(cid) {
                 Some(&slot) => slot,
                 None => {
@@ -115,7 +123,7 @@ impl Batch {
 
 /// Why a message can never be decided: unreadable, or readable but not a
 /// valid request (both go to the requests DLQ at once).
-fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
+fn parse(message: &OwnedMessage) -> Result<(RequestEvent, u32), (ErrorClass, String)> {
     let unparseable = |e: String| (ErrorClass::Unparseable, e);
     let payload = message
         .payload()
@@ -126,28 +134,38 @@ fn parse(message: &OwnedMessage) -> Result<RequestEvent, (ErrorClass, String)> {
         .validate()
         .map_err(|e| (ErrorClass::Permanent, format!("invalid request event: {e}")))?;
     // The key decides the partition and so the campaign's single writer; a
-    // message keyed differently would be decided out of order.
-    if message.key() != Some(event.campaign_id().as_bytes()) {
+    // message keyed differently would be decided out of order. A campaign
+    // with stock buckets has a key per bucket (`<id>#<b>`).
+    let bucket = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .and_then(split_key)
+        .and_then(|(id, b)| (id == event.campaign_id()).then_some(b));
+    let Some(bucket) = bucket else {
         return Err((
             ErrorClass::Permanent,
             format!(
-                "message key must equal campaign_id {:?}",
+                "message key must equal campaign_id {:?} (or, for its stock bucket b, \
+                 \"{}#<b>\")",
+                event.campaign_id(),
                 event.campaign_id()
             ),
         ));
-    }
-    Ok(event)
+    };
+    Ok((event, bucket))
 }
 
-/// Whether this processor may decide `event`: a command must carry a valid
-/// authenticator, and a reset needs the processor's own consent.
+/// Whether this processor may decide `event`, keyed to stock bucket
+/// `bucket` of its campaign: a command must carry a valid authenticator
+/// for that bucket, and a reset needs the processor's own consent.
 fn admit(
     event: RequestEvent,
     keys: &[Vec<u8>],
     enable_reset: bool,
+    bucket: u32,
 ) -> Result<RequestEvent, (ErrorClass, String)> {
     event
-        .verify(keys)
+        .verify_for_bucket(keys, bucket)
         .map_err(|e| (ErrorClass::Unauthenticated, e.to_string()))?;
     if let RequestEvent::CampaignCommand(c) = &event {
         if matches!(c.action, seckill_schemas::CampaignAction::Reset) && !enable_reset {

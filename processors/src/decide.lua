@@ -12,7 +12,8 @@
 -- Time comes from the Redis server (TIME), never from a process clock.
 --
 -- KEYS: 1 meta, 2 stock, 3 users, 4 requests, 5 orders, 6 deadlines,
---       7 attempts, 8 prizes, 9 stats (all tagged {c:<id>}: one slot)
+--       7 attempts, 8 prizes, 9 stats, 10 loans, 11 parked (all tagged
+--       {c:<id>}, or {c:<id>#<b>} for stock bucket b: one slot)
 -- ARGV[1]: JSON array of operations, in offset order (t = operation name,
 -- as in schemas/src/state/mod.rs `op`):
 --   purchase  {r, u, q, o, d = draw point or absent, ne = 1 if not eligible}
@@ -22,6 +23,11 @@
 --   add_stock {r, q, prize}   close {r}   publish {r}   reset {r}
 --   pay {r, o, u, ref}   cancel {r, o, u}   expire (what is due) {r}
 --   fence {r, token, until_ms}: a repair's fence (below)
+--   create also {nb, b} on a campaign of nb > 1 stock buckets: this is
+--   bucket b (its stock is the bucket's share); purchases then carry
+--   {at = requested at, ms}, and the buckets exchange
+--   borrow {r, from, want, round, ask}   transfer {r, from, units, round, ask}
+--   (see "Stock buckets" below)
 -- ARGV[2]: retention, seconds: how long a retired campaign (closed, or its
 --   window over) keeps its per-request records (KEYS 3-7 and 9) before
 --   Redis drops them by themselves; meta, stock and prizes stay.
@@ -32,6 +38,10 @@
 --   t|to|order|user|q|price|purchase_request|created|expires|prize|decided[|ref]
 --   r|reason|decided
 --   f|token   (held, not decided: the campaign is fenced for a repair)
+--   stock buckets: q|decided (a purchase parked), b|to|want|round|ask
+--   (ask bucket `to` to lend), l|to|units|round|ask (units lent to `to`),
+--   s|request|user|requested_at|<fields of a d record> (a parked purchase
+--   decided now)
 --
 -- A fence (`seckill reconcile --repair`) holds every operation after it
 -- until the repair is written (restore.lua lifts it) or its time passes:
@@ -46,7 +56,9 @@ local ops = cjson.decode(ARGV[1])
 local retention_ms = (tonumber(ARGV[2]) or 604800) * 1000
 local out = {}
 -- The per-request and per-order records: what retirement drops.
-local RECORD_KEYS = { KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9] }
+local RECORD_KEYS = { KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9], KEYS[10], KEYS[11] }
+-- Stock buckets (filled in below, used by purchase, close and reset).
+local bk = {}
 
 local function int(n)
   return string.format('%d', n)
@@ -141,7 +153,7 @@ end
 
 local function load_meta()
   local v = redis.call('HMGET', KEYS[1], 'limit', 'start', 'end', 'timeout', 'price', 'closed',
-    'draft', 'kind', 'max_att', 'strategy', 'table')
+    'draft', 'kind', 'max_att', 'strategy', 'table', 'buckets', 'bucket')
   if not v[1] then
     return false
   end
@@ -157,6 +169,8 @@ local function load_meta()
     max_att = tonumber(v[9] or '0'),
     strategy = v[10] or 'fixed',
     table = v[11] and cjson.decode(v[11]) or {},
+    nb = tonumber(v[12] or '1'),
+    b = tonumber(v[13] or '0'),
   }
 end
 
@@ -202,6 +216,15 @@ function units.reserve(q, born_paid)
     d_res = d_res + q
   end
   return true
+end
+
+-- Lent to a sibling bucket: total and available shrink alike (the
+-- sibling's total grows by as much when it takes them).
+function units.lend(q)
+  get_available()
+  available = available - q
+  d_avail = d_avail - q
+  d_total = d_total - q
 end
 
 -- reserved -> paid.
@@ -306,6 +329,12 @@ local function purchase(op)
     end
     return decision('limit_exceeded', 'per_user_limit')
   end
+  if meta.nb > 1 then
+    local held_back = bk.hold(op, q)
+    if held_back then
+      return held_back
+    end
+  end
   if get_available() < q then
     return decision('sold_out', 'sold_out')
   end
@@ -363,6 +392,9 @@ local function create(op)
     'closed', '0', 'draft', op.draft and '1' or '0', 'max_att', op.max_att or 0,
     'strategy', op.strategy or 'fixed', 'table', op.table_json,
     'created_at', int(now))
+  if op.nb then
+    redis.call('HSET', KEYS[1], 'buckets', op.nb, 'bucket', op.b)
+  end
   redis.call('HSET', KEYS[2], 'total', op.stock, 'available', op.stock, 'reserved', 0, 'paid', 0)
   for _, pr in ipairs(op.table or {}) do
     redis.call('HSET', KEYS[8], pr.id, pr.stock, pr.id .. ':total', pr.stock)
@@ -422,6 +454,7 @@ local function reset()
     return campaign('refused', 'unknown_campaign')
   end
   redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[9])
+  bk.forget()
   local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0') + d_total
   redis.call('HSET', KEYS[2], 'total', total, 'available', total, 'reserved', 0, 'paid', 0)
   for _, pr in ipairs(meta.table) do
@@ -552,11 +585,210 @@ local function expire_due()
   return table.concat(records, '\n')
 end
 
+-- Stock buckets. A campaign of nb > 1 buckets keeps each bucket's stock
+-- under the bucket's own keys, decided by the bucket's own partition; a
+-- user's purchases always go to one bucket, so its `users` hash is the
+-- whole truth for the per-user limit. When a bucket cannot serve a
+-- purchase (fewer than q units left) it does not answer sold_out while a
+-- sibling may still have stock: it parks the purchase (KEYS[11], in
+-- arrival order; later purchases park behind it) and asks its siblings
+-- one at a time, in the order b+1, b+2, ... (mod nb), through the ordered
+-- path: the processor sends a signed `borrow` keyed to the sibling, whose
+-- call lends min(available, want) (the units leave its total at once) and
+-- answers `l|...`; the processor sends a signed `transfer` of those units
+-- back, and this bucket adds them to its total and available and decides
+-- its parked purchases in order, with every check of a purchase made
+-- again. Purchases still short ask the next sibling; once every sibling
+-- answered (a round), the rest are decided as they stand (sold_out).
+-- Invariants, beside the ones above (each holds per bucket):
+--   units leave a lender only in the call that decides the borrow, whose
+--   answer (recorded under the borrow's request id) names them, so a
+--   redelivered borrow lends nothing more; they join the borrower only in
+--   the call that decides the transfer, recorded likewise: units in
+--   transit are exactly the lends whose transfer is not decided yet, each
+--   a message in the requests log;
+--   one ask is outstanding per bucket at a time (KEYS[10]: round, open,
+--   ask), and the record that asks (b|...) is in the recorded answer of
+--   the operation that opened or advanced the round, so a redelivery asks
+--   again (answered from the lender's record, changing nothing);
+--   a bucket with parked purchases lends nothing (its own wait first).
+-- `round` only grows, also across a reset: borrow and transfer request
+-- ids are built from it and must never repeat.
+bk.mode = 'normal' -- 'serve': deciding parked ones; 'final': the round is over
+bk.qlen = nil
+bk.WAIT = {} -- a parked purchase still short of units while serving
+
+function bk.queue_len()
+  if bk.qlen == nil then
+    bk.qlen = redis.call('LLEN', KEYS[11])
+  end
+  return bk.qlen
+end
+
+function bk.state()
+  local v = redis.call('HMGET', KEYS[10], 'round', 'open', 'ask')
+  return { round = tonumber(v[1] or '0'), open = tonumber(v[2] or '0'),
+    ask = tonumber(v[3] or '0') }
+end
+
+-- Units the parked purchases need beyond what is available: those that
+-- would pass the per-user limit, in order (at least 1).
+function bk.want()
+  local need = 0
+  local sim = {}
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do
+    local p = cjson.decode(raw)
+    local h = sim[p.u] or get_held(p.u)
+    if h + p.q <= meta.limit then
+      sim[p.u] = h + p.q
+      need = need + p.q
+    end
+  end
+  return math.max(need - get_available(), 1)
+end
+
+function bk.ask_record(st)
+  return 'b|' .. int((meta.b + st.ask) % meta.nb) .. '|' .. int(bk.want()) .. '|'
+    .. int(st.round) .. '|' .. int(st.ask)
+end
+
+-- Called by purchase once the request passed every check but stock: a
+-- record to answer instead of deciding (parked, or still short while
+-- serving), or nil to decide now.
+function bk.hold(op, q)
+  if bk.mode == 'final' then
+    return nil
+  end
+  if bk.mode == 'serve' then
+    if get_available() < q then
+      return bk.WAIT
+    end
+    return nil
+  end
+  local n = bk.queue_len()
+  if n == 0 and get_available() >= q then
+    return nil
+  end
+  redis.call('RPUSH', KEYS[11], cjson.encode({ r = op.r, u = op.u, q = q, o = op.o,
+    at = tonumber(op.at) or now }))
+  bk.qlen = n + 1
+  local rec = 'q|' .. int(now)
+  local st = bk.state()
+  if st.open == 0 then
+    st.round = st.round + 1
+    st.open = st.round
+    st.ask = 1
+    redis.call('HSET', KEYS[10], 'round', st.round, 'open', st.open, 'ask', st.ask)
+    rec = rec .. '\n' .. bk.ask_record(st)
+  end
+  return rec
+end
+
+-- Decides parked purchases in order into `records` (s|...), stopping at
+-- the first still short of units (mode 'serve') or deciding them all
+-- (mode 'final').
+function bk.serve(mode, records)
+  local n = bk.queue_len()
+  if n == 0 then
+    return
+  end
+  bk.mode = mode
+  local done = 0
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do
+    local p = cjson.decode(raw)
+    local r = purchase(p)
+    if r == bk.WAIT then
+      break
+    end
+    answered[p.r] = r
+    local status = string.match(r, '^d|([^|]*)|')
+    stats[status] = (stats[status] or 0) + 1
+    records[#records + 1] = 's|' .. p.r .. '|' .. p.u .. '|' .. int(p.at) .. '|' .. string.sub(r, 3)
+    done = done + 1
+  end
+  bk.mode = 'normal'
+  if done == n then
+    redis.call('DEL', KEYS[11])
+  elseif done > 0 then
+    redis.call('LTRIM', KEYS[11], done, -1)
+  end
+  bk.qlen = n - done
+end
+
+function bk.close_round()
+  redis.call('HDEL', KEYS[10], 'open', 'ask')
+end
+
+-- A sibling asks for units.
+function bk.borrow(op)
+  local lend = 0
+  if get_meta() and bk.queue_len() == 0 then
+    lend = math.max(math.min(get_available(), tonumber(op.want)), 0)
+    if lend > 0 then
+      units.lend(lend)
+    end
+  end
+  return campaign('applied') .. '\n' .. 'l|' .. int(op.from) .. '|' .. int(lend) .. '|'
+    .. int(op.round) .. '|' .. int(op.ask)
+end
+
+-- A sibling's answer to this bucket's ask: its units (maybe none).
+function bk.transfer(op)
+  local n = tonumber(op.units)
+  if n > 0 then
+    units.add(n)
+  end
+  local records = { campaign('applied') }
+  if not get_meta() then
+    return table.concat(records, '\n')
+  end
+  local st = bk.state()
+  bk.serve('serve', records)
+  if st.open ~= tonumber(op.round) or st.ask ~= tonumber(op.ask) then
+    -- Not the answer the open round waits for (a repeat is answered from
+    -- its record before it gets here): its units are stock all the same.
+    return table.concat(records, '\n')
+  end
+  if bk.queue_len() == 0 then
+    bk.close_round()
+  elseif st.ask < meta.nb - 1 then
+    st.ask = st.ask + 1
+    redis.call('HSET', KEYS[10], 'ask', st.ask)
+    records[#records + 1] = bk.ask_record(st)
+  else
+    -- Every sibling answered: what is still short is sold out.
+    bk.serve('final', records)
+    bk.close_round()
+  end
+  return table.concat(records, '\n')
+end
+
+-- A close decides every parked purchase (they are refused as closed).
+function bk.after_close(rec)
+  if get_meta() and meta.nb > 1 then
+    local records = { rec }
+    bk.serve('final', records)
+    bk.close_round()
+    return table.concat(records, '\n')
+  end
+  return rec
+end
+
+-- A reset forgets parked purchases and the open round (not the round
+-- count).
+function bk.forget()
+  redis.call('DEL', KEYS[11])
+  redis.call('HDEL', KEYS[10], 'open', 'ask')
+  bk.qlen = 0
+end
+
 local handlers = {
   purchase = purchase,
   create = create,
   add_stock = add_stock,
-  close = function() return set_flag('closed', '1') end,
+  close = function() return bk.after_close(set_flag('closed', '1')) end,
+  borrow = function(op) return bk.borrow(op) end,
+  transfer = function(op) return bk.transfer(op) end,
   publish = function() return set_flag('draft', '0') end,
   pay = function(op) return order_command(op, true) end,
   cancel = function(op) return order_command(op, false) end,
@@ -617,7 +849,10 @@ for i, op in ipairs(ops) do
       answered[op.r] = r
       if op.t == 'purchase' then
         local status = string.match(r, '^d|([^|]*)|')
-        stats[status] = (stats[status] or 0) + 1
+        -- A parked purchase (q|...) has no status yet.
+        if status then
+          stats[status] = (stats[status] or 0) + 1
+        end
       end
       out[i] = r
     end

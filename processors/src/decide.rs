@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use seckill_schemas::state::{op, retention, Answer, RecordError};
 use seckill_schemas::{
-    order_id_for, CampaignAction, CampaignKind, CampaignSpec, DrawSecret, DrawStrategy, KeyLayout,
-    OrderAction, RequestEvent,
+    order_id_for, split_key, CampaignAction, CampaignKind, CampaignSpec, DrawSecret, DrawStrategy,
+    KeyLayout, OrderAction, RequestEvent,
 };
 
 /// The decision script. `redis::Script` runs it by SHA and reloads it when
@@ -35,6 +35,10 @@ enum Op<'a> {
         d: Option<f64>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         ne: bool,
+        /// When it was requested (unix ms), kept with a purchase a stock
+        /// bucket parks; only sent for campaigns with buckets.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        at: Option<i64>,
     },
     Create {
         t: &'static str,
@@ -56,6 +60,12 @@ enum Op<'a> {
         /// reorder keys, round probabilities to 14 digits and write an
         /// empty table as `{}`.
         table_json: String,
+        /// Stock buckets of the campaign and which one this is, when it
+        /// has more than one (`stock` is then the bucket's share).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        nb: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        b: Option<u32>,
     },
     AddStock {
         t: &'static str,
@@ -82,6 +92,18 @@ enum Op<'a> {
         r: &'a str,
         token: &'a str,
         until_ms: i64,
+    },
+    /// A stock bucket's borrow (`q` wanted) or transfer (`q` units).
+    Loan {
+        t: &'static str,
+        r: &'a str,
+        from: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        want: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        units: Option<u64>,
+        round: u64,
+        ask: u32,
     },
 }
 
@@ -119,9 +141,15 @@ fn canonical(spec: &CampaignSpec) -> String {
 }
 
 impl<'a> Op<'a> {
-    /// The operation of `event`; `secret` is the campaign's draw secret,
-    /// which a lottery's purchases draw with.
-    fn of(event: &'a RequestEvent, spec: Option<&CampaignSpec>, secret: &DrawSecret) -> Self {
+    /// The operation of `event` for stock bucket `bucket` of its campaign;
+    /// `secret` is the campaign's draw secret, which a lottery's purchases
+    /// draw with.
+    fn of(
+        event: &'a RequestEvent,
+        spec: Option<&CampaignSpec>,
+        secret: &DrawSecret,
+        bucket: u32,
+    ) -> Self {
         match event {
             RequestEvent::PurchaseRequested(p) => {
                 let d = spec
@@ -139,16 +167,26 @@ impl<'a> Op<'a> {
                     o: order_id_for(&p.request_id),
                     d,
                     ne: !eligible,
+                    at: spec.filter(|s| s.bucket_count() > 1).and(p.requested_at_ms),
                 }
             }
             RequestEvent::UpsertCampaign(u) => {
                 let c = &u.campaign;
+                let nb = c.bucket_count();
+                let stock = if nb > 1 {
+                    seckill_schemas::buckets::shares(c.stock, nb)
+                        .get(bucket as usize)
+                        .copied()
+                        .unwrap_or(0)
+                } else {
+                    c.stock
+                };
                 Op::Create {
                     t: op::CREATE,
                     r: &u.request_id,
                     def: canonical(c),
                     kind: kind_name(c),
-                    stock: c.stock,
+                    stock,
                     limit: c.per_user_limit,
                     start: c.starts_at.timestamp_millis(),
                     end: c.ends_at.timestamp_millis(),
@@ -159,6 +197,8 @@ impl<'a> Op<'a> {
                     strategy: strategy_name(c),
                     table: table_rows(c),
                     table_json: serde_json::to_string(&table_rows(c)).unwrap_or_default(),
+                    nb: (nb > 1).then_some(nb),
+                    b: (nb > 1).then_some(bucket),
                 }
             }
             RequestEvent::CampaignCommand(c) => match &c.action {
@@ -185,6 +225,34 @@ impl<'a> Op<'a> {
                     r: &c.request_id,
                     token,
                     until_ms: *until_ms,
+                },
+                CampaignAction::Borrow {
+                    from,
+                    want,
+                    round,
+                    ask,
+                } => Op::Loan {
+                    t: op::BORROW,
+                    r: &c.request_id,
+                    from: *from,
+                    want: Some(*want),
+                    units: None,
+                    round: *round,
+                    ask: *ask,
+                },
+                CampaignAction::Transfer {
+                    from,
+                    units,
+                    round,
+                    ask,
+                } => Op::Loan {
+                    t: op::TRANSFER,
+                    r: &c.request_id,
+                    from: *from,
+                    want: None,
+                    units: Some(*units),
+                    round: *round,
+                    ask: *ask,
                 },
             },
             RequestEvent::OrderCommand(o) => Op::Order {
@@ -263,6 +331,8 @@ impl Decider {
     /// Decides `events` (all of one campaign, in offset order) in one
     /// atomic call; `spec` is the campaign's definition when known. Safe to
     /// repeat: recorded requests come back with their stored answer.
+    /// `campaign_id` is the campaign's key: its id, or `<id>#<b>` for stock
+    /// bucket b (see `seckill_schemas::buckets`).
     pub async fn decide(
         &self,
         con: &mut ConnectionManager,
@@ -275,10 +345,11 @@ impl Decider {
         let mut known = spec.cloned();
         // Derived, never stored: the same key gives the same secret, so a
         // redelivered request draws the same point on any processor.
-        let secret = DrawSecret::derive(&self.draw_key, campaign_id);
+        let (base, bucket) = split_key(campaign_id).unwrap_or((campaign_id, 0));
+        let secret = DrawSecret::derive(&self.draw_key, base);
         let mut ops = Vec::with_capacity(events.len());
         for e in events {
-            let op = Op::of(e, known.as_ref(), &secret);
+            let op = Op::of(e, known.as_ref(), &secret, bucket);
             if let RequestEvent::UpsertCampaign(u) = e {
                 known.get_or_insert_with(|| u.campaign.clone());
             }

@@ -130,3 +130,43 @@ pub(crate) fn dead_lettered(error_class: &str, reason: &str, partition: i32, off
         "request sent to the dead-letter topic"
     );
 }
+
+static BUCKET_COMMANDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "seckill_bucket_commands_total",
+        "Commands between a campaign's stock buckets sent by the processors \
+         (borrow: a drained bucket asks a sibling; transfer: the units lent back)",
+        &["command"]
+    )
+    .expect("metric registered once")
+});
+
+static BUCKET_UNITS_LENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seckill_bucket_units_lent_total",
+        "Units a stock bucket lent to a sibling (sent in a transfer)"
+    )
+    .expect("metric registered once")
+});
+
+static BUCKET_REROUTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "seckill_bucket_purchases_rerouted_total",
+        "Purchases produced under another key of their campaign than their \
+         user's stock bucket, forwarded to that bucket's key"
+    )
+    .expect("metric registered once")
+});
+
+pub(crate) fn bucket_command(command: &'static str, units: u64) {
+    BUCKET_COMMANDS.with_label_values(&[command]).inc();
+    if command == "transfer" {
+        BUCKET_UNITS_LENT.inc_by(units);
+    }
+    tracing::debug!(command, units, "stock bucket command sent");
+}
+
+pub(crate) fn bucket_rerouted(from: &str, to: &str) {
+    BUCKET_REROUTED.inc();
+    tracing::debug!(from, to, "purchase forwarded to its user's stock bucket");
+}

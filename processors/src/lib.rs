@@ -3,6 +3,7 @@
 //! decisions to the orders topic.
 
 mod batch;
+mod buckets;
 mod config;
 mod decide;
 mod error;

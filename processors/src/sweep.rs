@@ -23,7 +23,7 @@ use seckill_kafka::KafkaConsumer;
 use tokio_util::sync::CancellationToken;
 
 use seckill_schemas::state::meta;
-use seckill_schemas::{ExpireDue, RequestEvent, SCHEMA_VERSION};
+use seckill_schemas::{split_key, ExpireDue, RequestEvent, SCHEMA_VERSION};
 
 use crate::internal_events;
 use crate::worker::Worker;
@@ -81,6 +81,9 @@ async fn sweep_once(worker: &Worker) -> Result<(), redis::RedisError> {
         if first.is_empty() && !unretired {
             continue;
         }
+        // A member is a campaign's key: each stock bucket is swept, under
+        // its own key, like a campaign (see seckill_schemas::buckets).
+        let base = split_key(campaign_id).map_or(campaign_id.as_str(), |(id, _)| id);
         let event = RequestEvent::ExpireDue(ExpireDue {
             schema_version: SCHEMA_VERSION,
             // Recorded under this id: a redelivery of this message repeats
@@ -88,7 +91,7 @@ async fn sweep_once(worker: &Worker) -> Result<(), redis::RedisError> {
             // same millisecond would repeat this answer, and the next
             // sweep expires what it left).
             request_id: format!("expire-{campaign_id}-{now_ms}"),
-            campaign_id: campaign_id.clone(),
+            campaign_id: base.to_owned(),
         });
         let payload = serde_json::to_vec(&event).unwrap_or_default();
         let record = FutureRecord::to(&worker.config().topics.requests)

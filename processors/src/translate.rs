@@ -202,6 +202,7 @@ pub(crate) fn translate(
                     campaign,
                     quantity,
                     prize_id,
+                    bucket: None,
                 };
                 out.lookups.push(Lookup::Result {
                     request_id: applied.request_id.clone(),

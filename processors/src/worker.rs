@@ -123,10 +123,15 @@ impl Worker {
         &self.producer
     }
 
+    pub(crate) fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
     /// Decides every campaign of `batch`: one Lua call per campaign, run
     /// concurrently, repeated until all succeed (a repeat returns the
     /// stored decisions). Returns `None` only when stopped first.
     pub(crate) async fn decide(&self, mut batch: Batch) -> Option<Batch> {
+        crate::buckets::route(self, &mut batch).await?;
         let all = retry_until(
             &self.cancel,
             Backoff::STEP,
@@ -194,6 +199,7 @@ impl Worker {
         let mut payloads: Vec<(String, Vec<u8>)> = Vec::with_capacity(messages.len());
         let mut lookups = Vec::new();
         let mut fences = Vec::new();
+        let mut bucket_commands = Vec::new();
         for part in campaigns {
             for (request, records) in part.requests.iter().zip(part.outcomes) {
                 if let RequestEvent::CampaignCommand(c) = &request.event {
@@ -202,7 +208,16 @@ impl Worker {
                     }
                 }
                 let message_ms = messages[request.at].timestamp().to_millis().unwrap_or(0);
-                let t = translate(&request.event, records, part.spec.as_deref(), message_ms);
+                let (records, mut work) =
+                    crate::buckets::take(&part.campaign_id, &request.event, records);
+                let mut t = translate(&request.event, records, part.spec.as_deref(), message_ms);
+                work.finish(
+                    &part.campaign_id,
+                    &request.event,
+                    part.spec.as_deref(),
+                    &mut t,
+                );
+                bucket_commands.append(&mut work.commands);
                 for e in &t.events {
                     if let Some(d) = e.decision() {
                         internal_events::decided(d.status.as_str());
@@ -218,9 +233,16 @@ impl Worker {
         // Misplaced messages go to their own partition before anything of
         // this batch is settled: their offsets are stored with the batch's.
         for m in &misplaced {
-            if !self.forward_misplaced(&messages[m.at], m.to).await {
+            if !self
+                .forward_misplaced(&messages[m.at], m.to, m.key.as_deref())
+                .await
+            {
                 return None;
             }
+        }
+        // So are the stock buckets' commands (see crate::buckets).
+        if !crate::buckets::send(self, &bucket_commands).await {
+            return None;
         }
         for bad in &undecidable {
             if !self
@@ -345,7 +367,7 @@ impl Worker {
 
     /// The stored definition of a campaign, cached: a definition never
     /// changes once created (a different one is refused as a conflict).
-    async fn definition(
+    pub(crate) async fn definition(
         &self,
         con: &mut ConnectionManager,
         campaign_id: &str,
@@ -492,10 +514,11 @@ impl Worker {
         cached.0
     }
 
-    /// Sends a misplaced message to partition `to` of the requests topic,
-    /// with its key, payload and headers, and a header saying where it
-    /// came from. Returns false only when stopped first.
-    async fn forward_misplaced(&self, message: &OwnedMessage, to: i32) -> bool {
+    /// Sends a misplaced message to partition `to` of the requests topic
+    /// (-1: the one its key maps to), with its key (or `key`), payload and
+    /// headers, and a header saying where it came from. Returns false only
+    /// when stopped first.
+    async fn forward_misplaced(&self, message: &OwnedMessage, to: i32, key: Option<&str>) -> bool {
         use rdkafka::message::{Header, Headers, OwnedHeaders};
         let from = format!("{}:{}", message.partition(), message.offset());
         let mut headers = OwnedHeaders::new();
@@ -516,10 +539,11 @@ impl Worker {
             Backoff::STEP,
             || {
                 let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&self.config.topics.requests)
-                        .partition(to)
-                        .headers(headers.clone());
-                if let Some(key) = message.key() {
+                    FutureRecord::to(&self.config.topics.requests).headers(headers.clone());
+                if to >= 0 {
+                    record = record.partition(to);
+                }
+                if let Some(key) = key.map(str::as_bytes).or(message.key()) {
                     record = record.key(key);
                 }
                 if let Some(payload) = message.payload() {

@@ -908,7 +908,9 @@ fn decided_at(a: &Outcome) -> i64 {
         Outcome::Purchase { decided_at_ms, .. }
         | Outcome::Campaign { decided_at_ms, .. }
         | Outcome::Transition { decided_at_ms, .. }
-        | Outcome::CommandRefused { decided_at_ms, .. } => *decided_at_ms,
+        | Outcome::CommandRefused { decided_at_ms, .. }
+        | Outcome::Held { decided_at_ms } => *decided_at_ms,
+        o => panic!("no decision time in {o:?}"),
     }
 }
 

@@ -7,6 +7,13 @@
 //! who can produce to the topic can still only buy. Several keys are
 //! accepted at once so a key can be rotated: sign with the new one,
 //! verify with both, then drop the old one.
+//!
+//! A command for stock bucket `b` > 0 of a campaign (Kafka key
+//! `<id>#<b>`, see `buckets`) is signed over the canonical JSON followed
+//! by `#<b>`: the bucket is covered too, so a command copied from the
+//! topic and produced again under another bucket's key authenticates
+//! nowhere (a copy under its own key repeats a recorded answer). Bucket 0
+//! signs exactly as a campaign without buckets.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -44,20 +51,30 @@ impl RequestEvent {
     }
 
     /// The authenticator the event carries, and the bytes it covers: the
-    /// event with `auth` unset.
-    fn split_auth(&self) -> (Option<String>, Vec<u8>) {
+    /// event with `auth` unset, then `#<bucket>` for a bucket > 0.
+    fn split_auth(&self, bucket: u32) -> (Option<String>, Vec<u8>) {
         let mut bare = self.clone();
         let given = bare.auth_slot().and_then(Option::take);
         // Plain data: encoding cannot fail.
-        (given, serde_json::to_vec(&bare).unwrap_or_default())
+        let mut bytes = serde_json::to_vec(&bare).unwrap_or_default();
+        if bucket > 0 {
+            bytes.extend_from_slice(format!("#{bucket}").as_bytes());
+        }
+        (given, bytes)
     }
 
     /// Signs the command with `key` (does nothing to a purchase).
     pub fn sign(&mut self, key: &[u8]) {
+        self.sign_for_bucket(key, 0);
+    }
+
+    /// Signs the command with `key` for stock bucket `bucket` of its
+    /// campaign (0: the campaign's own key, as [`Self::sign`]).
+    pub fn sign_for_bucket(&mut self, key: &[u8], bucket: u32) {
         if !self.needs_auth() {
             return;
         }
-        let tag = tag(key, &self.split_auth().1);
+        let tag = tag(key, &self.split_auth(bucket).1);
         if let Some(slot) = self.auth_slot() {
             *slot = Some(tag);
         }
@@ -66,10 +83,16 @@ impl RequestEvent {
     /// Checks the command's authenticator against every key (a purchase
     /// needs none).
     pub fn verify(&self, keys: &[Vec<u8>]) -> Result<(), AuthError> {
+        self.verify_for_bucket(keys, 0)
+    }
+
+    /// Checks the authenticator of a command keyed to stock bucket
+    /// `bucket` of its campaign against every key.
+    pub fn verify_for_bucket(&self, keys: &[Vec<u8>], bucket: u32) -> Result<(), AuthError> {
         if !self.needs_auth() {
             return Ok(());
         }
-        let (given, canonical) = self.split_auth();
+        let (given, canonical) = self.split_auth(bucket);
         let Some(given) = given else {
             return Err(AuthError::Missing);
         };
@@ -150,6 +173,31 @@ mod tests {
             c.auth = Some("zz".into());
         }
         assert_eq!(junk.verify(&[new]), Err(AuthError::Wrong));
+    }
+
+    /// A command signed for one bucket authenticates there only.
+    #[test]
+    fn a_bucket_command_is_bound_to_its_bucket() {
+        let key = b"bucket-key-0123456789".to_vec();
+        let mut e = close();
+        e.sign_for_bucket(&key, 2);
+        assert_eq!(e.verify_for_bucket(std::slice::from_ref(&key), 2), Ok(()));
+        for other in [0, 1, 3, 20] {
+            assert_eq!(
+                e.verify_for_bucket(std::slice::from_ref(&key), other),
+                Err(AuthError::Wrong),
+                "bucket {other}"
+            );
+        }
+        let mut zero = close();
+        zero.sign_for_bucket(&key, 0);
+        let mut plain = close();
+        plain.sign(&key);
+        assert_eq!(zero, plain);
+        assert_eq!(
+            plain.verify_for_bucket(std::slice::from_ref(&key), 1),
+            Err(AuthError::Wrong)
+        );
     }
 
     #[test]

@@ -118,9 +118,24 @@ pub struct CampaignSpec {
     /// Create as a draft: it takes no requests until published.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draft: bool,
+    /// Stock buckets (1-64, sales only): the stock is split over this many
+    /// buckets, each decided on its own partition, and a drained bucket
+    /// borrows from its siblings (see `seckill_schemas::buckets`). Absent
+    /// on create: chosen from `expected_requests_per_sec`, the configured
+    /// rate per bucket, the partitions and the stock, and stored here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<u32>,
+    /// Purchases per second expected at the peak, for the automatic choice
+    /// of `buckets` (absent: one bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_requests_per_sec: Option<u64>,
 }
 
 fn default_per_user_limit() -> u32 {
+    1
+}
+
+fn one_bucket() -> u32 {
     1
 }
 
@@ -171,6 +186,11 @@ impl CampaignSpec {
                 ..p.clone()
             })
             .collect()
+    }
+
+    /// The campaign's stock buckets (1 when unset).
+    pub fn bucket_count(&self) -> u32 {
+        self.buckets.unwrap_or(1).max(1)
     }
 
     /// The prize with this id, as drawn.
@@ -237,6 +257,13 @@ pub struct CampaignView {
     /// telling it (see `seckill_schemas::DrawSecret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draw_commitment: Option<String>,
+    /// Stock buckets the campaign's stock is split over (1: none).
+    #[serde(default = "one_bucket")]
+    pub buckets: u32,
+    /// With several buckets: each bucket's units, by bucket number (their
+    /// sum is `stock`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bucket_stock: Vec<StockView>,
     /// Lottery: the draw secret (hex), shown only once the campaign is
     /// closed or its window has ended. Every draw is
     /// `draw_point(draw_secret, request_id)`; `seckill verify-draws`

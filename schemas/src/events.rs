@@ -7,7 +7,11 @@ use crate::{AwardType, CampaignSpec, Decision, DecisionStatus, OrderStatus, Refu
 /// A message on the requests topic (key = campaign id). Purchases and every
 /// command that changes a campaign or one of its orders share the topic, so
 /// they are ordered per campaign and the partition's processor is the
-/// campaign's only writer.
+/// campaign's only writer. A campaign with several stock buckets has one
+/// key per bucket: `<campaign_id>` for bucket 0, `<campaign_id>#<b>` for
+/// bucket b, where a purchase's bucket is FNV-1a-32(user_id) % buckets (the
+/// campaign view's `buckets`); a purchase under another key of its
+/// campaign is forwarded to its bucket's key before it is decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RequestEvent {
@@ -124,6 +128,26 @@ pub enum CampaignAction {
     /// Travelling through the campaign's partition, it reaches the
     /// processor in stream order, after every request accepted before it.
     Fence { token: String, until_ms: i64 },
+    /// Stock buckets, processors only: bucket `from` of the campaign has
+    /// purchases waiting for `want` units and asks the bucket this command
+    /// is keyed to (ask `ask` of its round `round`) to lend what it can.
+    /// Answered by one `transfer` to bucket `from`, with 0 units or more.
+    Borrow {
+        from: u32,
+        want: u64,
+        round: u64,
+        ask: u32,
+    },
+    /// Stock buckets, processors only: bucket `from` lent `units` (they
+    /// left its total when it decided the borrow) to the bucket this
+    /// command is keyed to, answering that bucket's ask `ask` of round
+    /// `round`. Applied once (its request id is derived from the borrow's).
+    Transfer {
+        from: u32,
+        units: u64,
+        round: u64,
+        ask: u32,
+    },
 }
 
 impl CampaignAction {
@@ -134,6 +158,8 @@ impl CampaignAction {
             Self::Publish => "publish",
             Self::Reset => "reset",
             Self::Fence { .. } => "fence",
+            Self::Borrow { .. } => "borrow",
+            Self::Transfer { .. } => "transfer",
         }
     }
 }
@@ -438,7 +464,8 @@ pub struct CampaignApplied {
     pub request_id: String,
     pub campaign_id: String,
     pub outcome: CampaignOutcome,
-    /// `create`, `add_stock`, `close`, `publish` or `reset`.
+    /// `create`, `add_stock`, `close`, `publish`, `reset`, `fence`, or
+    /// between stock buckets `borrow` and `transfer`.
     #[serde(default = "create_action")]
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -454,6 +481,13 @@ pub struct CampaignApplied {
     /// The prize the units went to, on an applied `add_stock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prize_id: Option<String>,
+    /// The stock bucket the command was applied to, for a campaign with
+    /// several buckets (absent: bucket 0, the campaign's own keys). Each
+    /// bucket answers its own create and commands; on a create, `quantity`
+    /// is then the bucket's share of the stock, on a `borrow` the units it
+    /// lent, on a `transfer` the units it received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<u32>,
 }
 
 fn create_action() -> String {

@@ -12,6 +12,7 @@
 
 mod api;
 mod auth;
+pub mod buckets;
 mod campaign;
 mod draw;
 mod events;
@@ -29,6 +30,7 @@ pub use api::{
     PurchaseBody, QueuePlace, RequestAccepted, UnknownStatus, UserParticipation,
 };
 pub use auth::{AuthError, MIN_KEY_BYTES};
+pub use buckets::{bucket_key, bucket_of, split_key, BucketPlan, MAX_BUCKETS};
 pub use campaign::{
     AwardType, CampaignKind, CampaignSpec, CampaignState, CampaignView, DrawStrategy, PrizeSpec,
     PrizeStock, StockView,

@@ -127,6 +127,30 @@ impl CampaignSpec {
             rule.check()
                 .map_err(|e| invalid("eligibility", format!("the rule {e}")))?;
         }
+        if let Some(b) = self.buckets {
+            if b == 0 || b > crate::buckets::MAX_BUCKETS {
+                return Err(invalid(
+                    "buckets",
+                    format!(
+                        "must be between 1 and {}, got {b}",
+                        crate::buckets::MAX_BUCKETS
+                    ),
+                ));
+            }
+            if b > 1 && self.kind != CampaignKind::Sale {
+                return Err(invalid(
+                    "buckets",
+                    "stock buckets are for sales: a lottery's prizes stay in one bucket (leave \
+                     buckets out or set it to 1)",
+                ));
+            }
+        }
+        if self.expected_requests_per_sec == Some(0) {
+            return Err(invalid(
+                "expected_requests_per_sec",
+                "must be at least 1 when set",
+            ));
+        }
         if self.kind == CampaignKind::Sale {
             let lottery_only = self.win_rate.is_some()
                 || !self.prizes.is_empty()
@@ -242,6 +266,34 @@ impl RequestEvent {
                         Err(invalid("token", "must be 1-64 letters, digits or '-'"))
                     } else if *until_ms <= 0 {
                         Err(invalid("until_ms", "must be a time in ms since the epoch"))
+                    } else {
+                        Ok(())
+                    }
+                }
+                CampaignAction::Borrow {
+                    from, want, ask, ..
+                } => {
+                    if *from >= crate::buckets::MAX_BUCKETS
+                        || *ask == 0
+                        || *ask >= crate::buckets::MAX_BUCKETS
+                    {
+                        Err(invalid("from", "not a stock bucket of the campaign"))
+                    } else if *want == 0 || *want > 1_000_000_000 {
+                        Err(invalid("want", "must be between 1 and 1000000000"))
+                    } else {
+                        Ok(())
+                    }
+                }
+                CampaignAction::Transfer {
+                    from, units, ask, ..
+                } => {
+                    if *from >= crate::buckets::MAX_BUCKETS
+                        || *ask == 0
+                        || *ask >= crate::buckets::MAX_BUCKETS
+                    {
+                        Err(invalid("from", "not a stock bucket of the campaign"))
+                    } else if *units > 1_000_000_000 {
+                        Err(invalid("units", "must be at most 1000000000"))
                     } else {
                         Ok(())
                     }

@@ -1,14 +1,17 @@
 //! Reading what the checks compare: the orders topic, a dead-letter topic,
 //! the order store and the campaign's Redis state.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::Context;
 use rdkafka::message::Message;
 use redis::aio::ConnectionManager;
 use seckill_kafka::{header_str, headers, KafkaSettings};
 use seckill_schemas::state::{stock, StockCounters};
-use seckill_schemas::{Decision, DecisionStatus, KeyLayout, OrderEvent, OrderStatus, OrderView};
+use seckill_schemas::{
+    CampaignOutcome, CampaignSpec, Decision, DecisionStatus, KeyLayout, OrderEvent, OrderStatus,
+    OrderView,
+};
 use seckill_store::{OrderFilter, OrderStore};
 
 /// One announced decision, reduced to what the checks compare.
@@ -55,6 +58,17 @@ pub struct OrderLog {
     /// Order id -> the distinct events (by request id) that moved it from
     /// `reserved` to `cancelled` or `expired`, i.e. returned its units.
     pub returns: HashMap<String, BTreeSet<String>>,
+    /// Per campaign: units ever added by the log (applied creates, each
+    /// stock bucket's share, and adds of stock).
+    pub stock_added: HashMap<String, i64>,
+    /// Per campaign: units stock buckets lent to siblings (applied
+    /// borrows) and units they received (applied transfers); once every
+    /// command settled the two are equal: nothing in transit.
+    pub lent: HashMap<String, i64>,
+    pub received: HashMap<String, i64>,
+    /// Request ids of the commands counted above: a redelivered command
+    /// announces its answer again, and counts once.
+    pub counted: HashSet<String>,
     /// Messages read.
     pub messages: usize,
     /// Messages that are not order events (they belong in the DLQ).
@@ -74,6 +88,28 @@ impl OrderLog {
             // (Redis and the store do the same).
             self.forget(cid);
             return;
+        }
+        if let OrderEvent::CampaignApplied(a) = &event {
+            let units = i64::try_from(a.quantity.unwrap_or(0)).unwrap_or(i64::MAX);
+            let counter = match (a.action.as_str(), a.outcome) {
+                ("create", CampaignOutcome::Created) => {
+                    let units = match (a.quantity, &a.campaign) {
+                        (Some(_), _) => units,
+                        (None, Some(spec)) => i64::try_from(spec.stock).unwrap_or(i64::MAX),
+                        (None, None) => 0,
+                    };
+                    Some((&mut self.stock_added, units))
+                }
+                ("add_stock", CampaignOutcome::Applied) => Some((&mut self.stock_added, units)),
+                ("borrow", CampaignOutcome::Applied) => Some((&mut self.lent, units)),
+                ("transfer", CampaignOutcome::Applied) => Some((&mut self.received, units)),
+                _ => None,
+            };
+            if let Some((map, units)) = counter {
+                if self.counted.insert(a.request_id.clone()) {
+                    *map.entry(a.campaign_id.clone()).or_default() += units;
+                }
+            }
         }
         if let Some(d) = event.decision() {
             self.decisions
@@ -281,13 +317,40 @@ pub async fn redis_users(
         .await?)
 }
 
-/// A campaign's state, read once for all checks.
+/// One stock bucket's Redis state.
+#[derive(Debug, Clone, Default)]
+pub struct BucketSnapshot {
+    pub counters: StockCounters,
+    pub users: HashMap<String, i64>,
+}
+
+/// A campaign's state, read once for all checks. For a campaign with
+/// stock buckets the counters and holdings are every bucket's added up,
+/// and `buckets` holds each bucket's own (empty for one bucket).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub campaign_id: String,
     pub counters: StockCounters,
     pub users: HashMap<String, i64>,
     pub orders: Vec<OrderView>,
+    pub buckets: Vec<BucketSnapshot>,
+}
+
+/// The stock buckets of a campaign, by its stored definition (1 when it
+/// has none, or no definition).
+pub async fn bucket_count(
+    redis: &mut ConnectionManager,
+    keys: &KeyLayout,
+    campaign_id: &str,
+) -> anyhow::Result<u32> {
+    let def: Option<String> = redis::cmd("HGET")
+        .arg(keys.campaign(campaign_id).meta)
+        .arg(seckill_schemas::state::meta::DEFINITION)
+        .query_async(redis)
+        .await?;
+    Ok(def
+        .and_then(|d| serde_json::from_str::<CampaignSpec>(&d).ok())
+        .map_or(1, |s| s.bucket_count()))
 }
 
 impl Snapshot {
@@ -297,12 +360,38 @@ impl Snapshot {
         keys: &KeyLayout,
         campaign_id: &str,
     ) -> anyhow::Result<Self> {
-        Ok(Self {
+        let count = bucket_count(redis, keys, campaign_id).await?;
+        if count <= 1 {
+            return Ok(Self {
+                campaign_id: campaign_id.to_owned(),
+                counters: redis_counters(redis, keys, campaign_id).await?,
+                users: redis_users(redis, keys, campaign_id).await?,
+                orders: stored_orders(store, campaign_id).await?,
+                buckets: Vec::new(),
+            });
+        }
+        let mut snap = Self {
             campaign_id: campaign_id.to_owned(),
-            counters: redis_counters(redis, keys, campaign_id).await?,
-            users: redis_users(redis, keys, campaign_id).await?,
-            orders: stored_orders(store, campaign_id).await?,
-        })
+            ..Self::default()
+        };
+        for b in 0..count {
+            let key = seckill_schemas::bucket_key(campaign_id, b);
+            let bucket = BucketSnapshot {
+                counters: redis_counters(redis, keys, &key).await?,
+                users: redis_users(redis, keys, &key).await?,
+            };
+            let c = &mut snap.counters;
+            c.total += bucket.counters.total;
+            c.available += bucket.counters.available;
+            c.reserved += bucket.counters.reserved;
+            c.paid += bucket.counters.paid;
+            for (u, n) in &bucket.users {
+                *snap.users.entry(u.clone()).or_default() += n;
+            }
+            snap.buckets.push(bucket);
+        }
+        snap.orders = stored_orders(store, campaign_id).await?;
+        Ok(snap)
     }
 }
 

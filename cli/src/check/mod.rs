@@ -20,8 +20,8 @@ use seckill_schemas::KeyLayout;
 use seckill_store::OrderStore;
 
 pub use evidence::{
-    read_dead_letters, read_order_log, redis_counters, redis_stock, redis_users, stored_orders,
-    DeadLetter, DecisionRecord, Evidence, OrderLog, Snapshot,
+    bucket_count, read_dead_letters, read_order_log, redis_counters, redis_stock, redis_users,
+    stored_orders, BucketSnapshot, DeadLetter, DecisionRecord, Evidence, OrderLog, Snapshot,
 };
 pub use guarantees::{bad_input, crash_safety};
 pub use report::CampaignReport;

@@ -49,7 +49,7 @@ fn read_failed(e: ReadError) -> Problem {
     }
 }
 
-async fn view_response(app: &App, id: &str, status: StatusCode) -> Response {
+pub(super) async fn view_response(app: &App, id: &str, status: StatusCode) -> Response {
     let mut con = app.redis.clone();
     match read_view(&mut con, &app.keys, &app.config.draw_key, id).await {
         Ok(Some(view)) => (status, Json(view)).into_response(),
@@ -78,25 +78,19 @@ async fn create_inner(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     app.identity.with_role(headers, Role::Admin).await?;
-    let spec: CampaignSpec = body::parse_hinted(
+    let mut spec: CampaignSpec = body::parse_hinted(
         body,
         app.config.max_body_bytes,
         CampaignSpec::REFUSED_FIELDS,
     )?;
     spec.validate()
         .map_err(|e| Problem::bad_request(format!("invalid campaign: {e}")))?;
-    let ours = serde_json::to_string(&spec).unwrap_or_default();
     let mut con = app.redis.clone();
-    match read_definition(&mut con, &app.keys, &spec.id)
+    let existing = read_definition(&mut con, &app.keys, &spec.id)
         .await
-        .map_err(redis_down)?
-    {
-        Some(existing) if existing == ours => {
-            return Ok(view_response(app, &spec.id, StatusCode::OK).await)
-        }
-        Some(_) => return Err(conflict(&spec.id)),
-        None => {}
-    }
+        .map_err(redis_down)?;
+    super::buckets::choose(app, &mut spec, existing.as_deref()).await?;
+    let ours = serde_json::to_string(&spec).unwrap_or_default();
     let request_id = uuid::Uuid::new_v4().to_string();
     let event = RequestEvent::UpsertCampaign(UpsertCampaign {
         schema_version: SCHEMA_VERSION,
@@ -105,6 +99,16 @@ async fn create_inner(
         requested_at_ms: Some(now_ms()),
         auth: None,
     });
+    match existing {
+        Some(existing) if existing == ours => {
+            super::buckets::ensure_siblings(app, &spec, &ours, &event).await?;
+            return Ok(view_response(app, &spec.id, StatusCode::OK).await);
+        }
+        Some(_) => return Err(conflict(&spec.id)),
+        None => {}
+    }
+    // Every other stock bucket's create first (see create_siblings).
+    super::buckets::create_siblings(app, &spec, &event).await?;
     let check = || {
         let mut con = app.redis.clone();
         let ours = ours.clone();
@@ -123,9 +127,13 @@ async fn create_inner(
     };
     match submit(app, &event, Some(APPLY_WAIT), pick, check).await? {
         Some(CampaignOutcome::Created) => {
+            super::buckets::wait_created(app, &spec, &ours).await?;
             Ok(view_response(app, &spec.id, StatusCode::CREATED).await)
         }
-        Some(CampaignOutcome::Unchanged) => Ok(view_response(app, &spec.id, StatusCode::OK).await),
+        Some(CampaignOutcome::Unchanged) => {
+            super::buckets::wait_created(app, &spec, &ours).await?;
+            Ok(view_response(app, &spec.id, StatusCode::OK).await)
+        }
         Some(CampaignOutcome::Conflict) => Err(conflict(&spec.id)),
         Some(CampaignOutcome::Applied | CampaignOutcome::Refused) => Err(Problem::conflict(
             "the request id was answered for another command; send the create again",
@@ -164,14 +172,18 @@ async fn command(
     app.identity.with_role(headers, Role::Admin).await?;
     validate_campaign_id(id).map_err(|e| Problem::bad_request(e.to_string()))?;
     let mut con = app.redis.clone();
-    if read_definition(&mut con, &app.keys, id)
+    let Some(def) = read_definition(&mut con, &app.keys, id)
         .await
         .map_err(redis_down)?
-        .is_none()
-    {
+    else {
         return Err(Problem::not_found(format!(
             "campaign {id:?} does not exist"
         )));
+    };
+    // A campaign with stock buckets: every bucket applies the action.
+    let buckets = serde_json::from_str::<CampaignSpec>(&def).map_or(1, |s| s.bucket_count());
+    if buckets > 1 {
+        return super::buckets::command_all(app, id, action, buckets).await;
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let event = RequestEvent::CampaignCommand(CampaignCommand {
@@ -291,7 +303,10 @@ pub(super) async fn user(
         }
         Err(p) => return p.into_response(),
     }
-    let k = app.keys.campaign(&id);
+    // The user's holdings are in its stock bucket's records.
+    let k = app
+        .keys
+        .bucket(&id, super::buckets::user_bucket(&app, &id, &user_id).await);
     let mut con = app.redis.clone();
     let r: Result<(Option<String>, Option<String>, Option<String>), _> = redis::pipe()
         .hget(&k.meta, meta::DEFINITION)
@@ -354,21 +369,31 @@ pub(super) async fn stats(
         }
         Err(e) => return read_failed(e).into_response(),
     };
-    let k = app.keys.campaign(&id);
-    let r: Result<(BTreeMap<String, String>, u64, u64), _> = redis::pipe()
-        .hgetall(&k.stats)
-        .hlen(&k.users)
-        .zcard(&k.deadlines)
-        .query_async(&mut con)
-        .await;
-    let (decisions, buyers, awaiting_payment) = match r {
-        Ok(v) => v,
-        Err(e) => return redis_down(e).into_response(),
-    };
-    let decisions = match read_decisions(&decisions) {
-        Ok(d) => d,
-        Err(e) => return unreadable(e).into_response(),
-    };
+    // Every stock bucket's records, added up.
+    let (mut decisions, mut buyers, mut awaiting_payment) = (BTreeMap::new(), 0, 0);
+    for b in 0..view.buckets {
+        let k = app.keys.bucket(&id, b);
+        let r: Result<(BTreeMap<String, String>, u64, u64), _> = redis::pipe()
+            .hgetall(&k.stats)
+            .hlen(&k.users)
+            .zcard(&k.deadlines)
+            .query_async(&mut con)
+            .await;
+        let (raw, users, due) = match r {
+            Ok(v) => v,
+            Err(e) => return redis_down(e).into_response(),
+        };
+        match read_decisions(&raw) {
+            Ok(d) => {
+                for (status, n) in d {
+                    *decisions.entry(status).or_insert(0) += n;
+                }
+            }
+            Err(e) => return unreadable(e).into_response(),
+        }
+        buyers += users;
+        awaiting_payment += due;
+    }
     Json(json!({
         "campaign_id": id,
         "state": view.state,

@@ -1,3 +1,4 @@
+mod buckets;
 mod campaigns;
 mod health;
 mod orders;

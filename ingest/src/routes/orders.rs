@@ -16,7 +16,7 @@ use seckill_store::OrderFilter;
 
 use super::campaigns::read_result;
 use super::purchases::idempotency_key;
-use super::queue::{accepted, submit_placed, waited_out};
+use super::queue::{accepted, submit_in, waited_out};
 use crate::body;
 use crate::identity::{forbidden, Role};
 use crate::listener::Wakeup;
@@ -155,8 +155,9 @@ pub(super) async fn cancel(
     run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// The campaign an order belongs to: recorded by the processor with the
-/// decision, or else read from the store.
+/// The campaign key an order belongs to (its campaign id, or `<id>#<b>`
+/// for the stock bucket that holds it): recorded by the processor with
+/// the decision, or else read from the store (the bucket from its user).
 async fn campaign_of(app: &App, order_id: &str) -> Result<Option<String>, Problem> {
     let mut con = app.redis.clone();
     let cached = crate::lookup::read(
@@ -171,7 +172,10 @@ async fn campaign_of(app: &App, order_id: &str) -> Result<Option<String>, Proble
         return Ok(cached);
     }
     match app.store.get_order(order_id).await {
-        Ok(o) => Ok(o.map(|o| o.campaign_id)),
+        Ok(Some(o)) => Ok(Some(
+            super::buckets::order_key(app, &o.campaign_id, &o.user_id).await,
+        )),
+        Ok(None) => Ok(None),
         Err(e) => Err(Problem::unavailable(e.to_string()).retry_after(1)),
     }
 }
@@ -228,9 +232,10 @@ async fn order_command(
     if order_id.is_empty() || order_id.len() > 128 {
         return Err(Problem::bad_request("order_id must be 1-128 characters"));
     }
-    let Some(campaign_id) = campaign_of(app, order_id).await? else {
+    let Some(key) = campaign_of(app, order_id).await? else {
         return Err(Problem::not_found(format!("no order {order_id:?}")));
     };
+    let (campaign_id, bucket) = super::buckets::split_order_key(&key)?;
     let verb = match action {
         OrderAction::Pay => "pay",
         OrderAction::Cancel => "cancel",
@@ -267,11 +272,13 @@ async fn order_command(
     };
     let check = || async { read_result::<OrderCommandResult>(app, &request_id).await };
     let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
-    Ok(match submit_placed(app, &event, wait, pick, check).await? {
-        (Some(r), _) => answer(r),
-        (None, placed) if wait.is_some() => waited_out(app, &request_id, placed).await,
-        (None, _) => accepted(&request_id),
-    })
+    Ok(
+        match submit_in(app, &event, bucket, wait, pick, check).await? {
+            (Some(r), _) => answer(r),
+            (None, placed) if wait.is_some() => waited_out(app, &request_id, placed).await,
+            (None, _) => accepted(&request_id),
+        },
+    )
 }
 
 fn answer(r: OrderCommandResult) -> Response {

@@ -20,19 +20,27 @@ use crate::state::App;
 /// acknowledgement. Without one the request's fate is unknown, and the
 /// client is told so (503 with the request id), never told it failed.
 /// A command goes out signed with the command key (purchases need none).
+/// It goes to stock bucket `bucket` of the event's campaign: keyed
+/// `<campaign>#<bucket>` (the campaign id for bucket 0), a command signed
+/// for that bucket (see [`super::buckets`]).
 /// Returns where the request went; a purchase's position is handed to the
 /// positions writer, for its place in line (it does not wait for it).
-pub(crate) async fn enqueue(app: &App, event: &RequestEvent) -> Result<Placed, Problem> {
+pub(crate) async fn enqueue(
+    app: &App,
+    event: &RequestEvent,
+    bucket: u32,
+) -> Result<Placed, Problem> {
     let payload = if event.needs_auth() {
         let mut signed = event.clone();
-        signed.sign(&app.config.command_key);
+        signed.sign_for_bucket(&app.config.command_key, bucket);
         serde_json::to_vec(&signed)
     } else {
         serde_json::to_vec(event)
     }
     .unwrap_or_default();
+    let key = seckill_schemas::bucket_key(event.campaign_id(), bucket);
     let record = FutureRecord::to(&app.config.topics.requests)
-        .key(event.campaign_id())
+        .key(key.as_str())
         .payload(&payload);
     let started = Instant::now();
     match app.producer.send(record, Duration::from_secs(1)).await {
@@ -136,11 +144,28 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let bucket = super::buckets::route(app, event);
+    submit_in(app, event, bucket, wait, pick, check).await
+}
+
+/// [`submit_placed`] to stock bucket `bucket` of the event's campaign.
+pub(crate) async fn submit_in<T, F, Fut>(
+    app: &App,
+    event: &RequestEvent,
+    bucket: u32,
+    wait: Option<Duration>,
+    pick: impl Fn(Wakeup) -> Option<T>,
+    check: F,
+) -> Result<(Option<T>, Placed), Problem>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let request_id = event.request_id();
     // Registered before the produce, so an outcome that comes back at once
     // is not missed.
     let rx = wait.map(|_| app.waiters.register(request_id));
-    let placed = match enqueue(app, event).await {
+    let placed = match enqueue(app, event, bucket).await {
         Ok(placed) => placed,
         Err(p) => {
             app.waiters.forget(request_id);

@@ -44,7 +44,7 @@ async fn current_result(
         return Ok(Some(value));
     };
     let current: bool = redis::cmd("HEXISTS")
-        .arg(app.keys.campaign(campaign).requests)
+        .arg(super::buckets::requests_key(app, campaign, &value).await)
         .arg(request_id)
         .query_async(con)
         .await

@@ -3,6 +3,8 @@
 //! The processors are the only writers of the campaign keys; ingest only
 //! reads them. The one key ingest writes is a pending request's
 //! [`KeyLayout::position`], which no campaign state depends on.
+//! A stock bucket `b` > 0 of a campaign is keyed like a campaign whose id is
+//! `<id>#<b>` ([`KeyLayout::bucket`], `crate::buckets`).
 
 /// Key names for a deployment (a prefix keeps tests and environments apart).
 #[derive(Debug, Clone)]
@@ -31,11 +33,16 @@ pub struct CampaignKeys {
     pub prizes: String,
     /// Hash: decision status -> requests decided so.
     pub stats: String,
+    /// Hash, stock buckets: the borrowing round (`round`, `open`, `ask`).
+    pub loans: String,
+    /// List, stock buckets: purchases waiting for units from a sibling
+    /// bucket, in arrival order.
+    pub parked: String,
 }
 
 impl CampaignKeys {
     /// The keys in the order the campaign scripts take them as KEYS.
-    pub fn script_keys(&self) -> [&str; 9] {
+    pub fn script_keys(&self) -> [&str; 11] {
         [
             &self.meta,
             &self.stock,
@@ -46,6 +53,8 @@ impl CampaignKeys {
             &self.attempts,
             &self.prizes,
             &self.stats,
+            &self.loans,
+            &self.parked,
         ]
     }
 }
@@ -69,7 +78,15 @@ impl KeyLayout {
             attempts: format!("{tag}:attempts"),
             prizes: format!("{tag}:prizes"),
             stats: format!("{tag}:stats"),
+            loans: format!("{tag}:loans"),
+            parked: format!("{tag}:parked"),
         }
+    }
+
+    /// The keys of stock bucket `bucket` of a campaign (bucket 0: the
+    /// campaign's own, [`Self::campaign`]).
+    pub fn bucket(&self, campaign_id: &str, bucket: u32) -> CampaignKeys {
+        self.campaign(&crate::buckets::bucket_key(campaign_id, bucket))
     }
 
     /// The hash that holds the lookup of `kind` for `id` written in time
@@ -204,6 +221,15 @@ mod tests {
             let close = key.find('}').expect("hash tag closes");
             assert_eq!(&key[open + 1..close], "c:summer-1", "{key}");
         }
+        // Bucket 0 is the campaign itself; bucket 2 has a tag of its own.
+        assert_eq!(
+            KeyLayout::new("seckill").bucket("summer-1", 0).stock,
+            keys.stock
+        );
+        assert_eq!(
+            KeyLayout::new("seckill").bucket("summer-1", 2).stock,
+            "seckill:{c:summer-1#2}:stock"
+        );
     }
 
     /// A lookup written at any moment of its window is still read one TTL

@@ -46,6 +46,10 @@ pub mod meta {
     pub const FENCE: &str = "fence";
     pub const FENCE_UNTIL: &str = "fence_until";
     pub const FENCE_READY: &str = "fence_ready";
+    /// Stock buckets: how many the campaign has, and which one this is
+    /// (only on a campaign with more than one).
+    pub const BUCKETS: &str = "buckets";
+    pub const BUCKET: &str = "bucket";
 
     /// How a flag is stored.
     pub fn flag(on: bool) -> &'static str {
@@ -98,4 +102,6 @@ pub mod op {
     pub const CANCEL: &str = "cancel";
     pub const EXPIRE: &str = "expire";
     pub const FENCE: &str = "fence";
+    pub const BORROW: &str = "borrow";
+    pub const TRANSFER: &str = "transfer";
 }

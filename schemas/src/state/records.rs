@@ -326,6 +326,33 @@ pub enum Answer {
         reason: RefusalReason,
         decided_at_ms: i64,
     },
+    /// `q|decided`: a purchase of a stock bucket that waits, parked, for
+    /// units from a sibling bucket; it has no decision yet.
+    Held { decided_at_ms: i64 },
+    /// `b|to|want|round|ask`: ask bucket `to` to lend `want` units (ask
+    /// `ask` of this bucket's borrowing round `round`).
+    Borrow {
+        to: u32,
+        want: u64,
+        round: u64,
+        ask: u32,
+    },
+    /// `l|to|units|round|ask`: `units` left this bucket's total for bucket
+    /// `to`, answering its ask `ask` of round `round`.
+    Lend {
+        to: u32,
+        units: u64,
+        round: u64,
+        ask: u32,
+    },
+    /// `s|request|user|requested_at|` then the fields of a `d` record: a
+    /// parked purchase decided now (its own answer is that `d` record).
+    Served {
+        request_id: String,
+        user_id: String,
+        requested_at_ms: i64,
+        decision: Box<Answer>,
+    },
 }
 
 impl Answer {
@@ -392,6 +419,31 @@ impl Answer {
                 reason,
                 decided_at_ms,
             } => format!("r|{}|{decided_at_ms}", reason.as_str()),
+            Self::Held { decided_at_ms } => format!("q|{decided_at_ms}"),
+            Self::Borrow {
+                to,
+                want,
+                round,
+                ask,
+            } => format!("b|{to}|{want}|{round}|{ask}"),
+            Self::Lend {
+                to,
+                units,
+                round,
+                ask,
+            } => format!("l|{to}|{units}|{round}|{ask}"),
+            Self::Served {
+                request_id,
+                user_id,
+                requested_at_ms,
+                decision,
+            } => {
+                let d = decision.encode();
+                format!(
+                    "s|{request_id}|{user_id}|{requested_at_ms}|{}",
+                    d.strip_prefix("d|").unwrap_or(&d)
+                )
+            }
         }
     }
 
@@ -451,6 +503,51 @@ impl Answer {
                         .reason(1)?
                         .ok_or_else(|| r.err("a refusal needs a reason".into()))?,
                     decided_at_ms: r.num(2, "decided_at")?,
+                }
+            }
+            "q" => {
+                let r = Reader::new("held", raw, 2)?;
+                Self::Held {
+                    decided_at_ms: r.num(1, "decided_at")?,
+                }
+            }
+            "b" => {
+                let r = Reader::new("borrow", raw, 5)?;
+                Self::Borrow {
+                    to: r.num(1, "bucket")?,
+                    want: r.num(2, "want")?,
+                    round: r.num(3, "round")?,
+                    ask: r.num(4, "ask")?,
+                }
+            }
+            "l" => {
+                let r = Reader::new("lend", raw, 5)?;
+                Self::Lend {
+                    to: r.num(1, "bucket")?,
+                    units: r.num(2, "units")?,
+                    round: r.num(3, "round")?,
+                    ask: r.num(4, "ask")?,
+                }
+            }
+            "s" => {
+                let f: Vec<&str> = raw.splitn(5, '|').collect();
+                let [_, request_id, user_id, at, rest] = f[..] else {
+                    return Err(RecordError {
+                        kind: "served",
+                        raw: raw.to_owned(),
+                        why: format!("{} fields, expected 13", f.len()),
+                    });
+                };
+                let decision = Self::decode(&format!("d|{rest}"))?;
+                Self::Served {
+                    request_id: request_id.to_owned(),
+                    user_id: user_id.to_owned(),
+                    requested_at_ms: at.parse().map_err(|_| RecordError {
+                        kind: "served",
+                        raw: raw.to_owned(),
+                        why: format!("requested_at {at:?} is not a number"),
+                    })?,
+                    decision: Box::new(decision),
                 }
             }
             other => {
@@ -573,9 +670,41 @@ mod tests {
                 decided_at_ms: 9,
             },
         ];
-        for a in answers {
+        for a in answers.clone() {
             assert_eq!(Answer::decode(&a.encode()), Ok(a));
         }
+        let buckets = [
+            Answer::Held { decided_at_ms: 11 },
+            Answer::Borrow {
+                to: 3,
+                want: 40,
+                round: 7,
+                ask: 2,
+            },
+            Answer::Lend {
+                to: 1,
+                units: 0,
+                round: 7,
+                ask: 3,
+            },
+            Answer::Served {
+                request_id: "r-9".into(),
+                user_id: "u-9".into(),
+                requested_at_ms: 12,
+                decision: Box::new(answers[0].clone()),
+            },
+            Answer::Served {
+                request_id: "r-10".into(),
+                user_id: "u-10".into(),
+                requested_at_ms: 13,
+                decision: Box::new(answers[1].clone()),
+            },
+        ];
+        for a in buckets {
+            assert_eq!(Answer::decode(&a.encode()), Ok(a));
+        }
+        assert!(Answer::decode("s|r|u|1|reserved").is_err());
+        assert!(Answer::decode("b|1|2|3").is_err());
     }
 
     #[test]
