@@ -52,6 +52,8 @@
 -- a repair is about to replace.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- `now` as the records write it, formatted once per call.
+local now_s = string.format('%d', now)
 local ops = cjson.decode(ARGV[1])
 local retention_ms = (tonumber(ARGV[2]) or 604800) * 1000
 local out = {}
@@ -66,16 +68,16 @@ end
 
 local function decision(status, reason, order, q, expires, price, prize, confirmed)
   return 'd|' .. status .. '|' .. reason .. '|' .. (order or '') .. '|' .. (q and int(q) or '')
-    .. '|' .. int(now) .. '|' .. (expires and int(expires) or '') .. '|' .. (price or '')
+    .. '|' .. now_s .. '|' .. (expires and int(expires) or '') .. '|' .. (price or '')
     .. '|' .. (prize or '') .. '|' .. (confirmed and '1' or '0')
 end
 
 local function campaign(outcome, reason)
-  return 'c|' .. outcome .. '|' .. (reason or '') .. '|' .. int(now)
+  return 'c|' .. outcome .. '|' .. (reason or '') .. '|' .. now_s
 end
 
 local function refused(reason)
-  return 'r|' .. reason .. '|' .. int(now)
+  return 'r|' .. reason .. '|' .. now_s
 end
 
 -- Campaign fields, read once per call; nil = not read yet, false = none.
@@ -117,15 +119,19 @@ local function get_held(u)
   return h
 end
 
+-- Users whose holding changed in this call: written back in bulk at the
+-- end (one HSET and one HDEL instead of a call per reservation).
+local held_dirty = {}
+
 -- Changes what user u holds; a user who holds nothing any more leaves the
 -- hash, so its size is the number of users holding units.
 local function add_held(u, delta)
-  local h = redis.call('HINCRBY', KEYS[3], u, delta)
-  if h <= 0 then
-    redis.call('HDEL', KEYS[3], u)
+  local h = get_held(u) + delta
+  if h < 0 then
     h = 0
   end
   held[u] = h
+  held_dirty[u] = true
 end
 
 -- The fence in force, if any; one past its time is dropped.
@@ -375,7 +381,7 @@ local function purchase(op)
   end
   local prize_id = prize and prize.id or ''
   redis.call('HSET', KEYS[5], op.o, op.u .. '|' .. int(q) .. '|' .. state .. '|' .. int(expires)
-    .. '|' .. op.r .. '|' .. price .. '|' .. int(now) .. '|' .. prize_id)
+    .. '|' .. op.r .. '|' .. price .. '|' .. now_s .. '|' .. prize_id)
   return decision(prize and 'won' or 'reserved', '', op.o, q, expires, price, prize_id, confirmed)
 end
 
@@ -391,7 +397,7 @@ local function create(op)
     'start', op.start, 'end', op['end'], 'timeout', op.timeout, 'price', op.price,
     'closed', '0', 'draft', op.draft and '1' or '0', 'max_att', op.max_att or 0,
     'strategy', op.strategy or 'fixed', 'table', op.table_json,
-    'created_at', int(now))
+    'created_at', now_s)
   if op.nb then
     redis.call('HSET', KEYS[1], 'buckets', op.nb, 'bucket', op.b)
   end
@@ -464,7 +470,7 @@ local function reset()
   d_total, d_avail, d_res, d_paid = 0, 0, 0, 0
   -- Every recorded request and holding is gone, including the answers of
   -- this call not written yet.
-  prior, answered, held = nil, {}, {}
+  prior, answered, held, held_dirty = nil, {}, {}, {}
   return campaign('applied')
 end
 
@@ -672,7 +678,7 @@ function bk.hold(op, q)
   redis.call('RPUSH', KEYS[11], cjson.encode({ r = op.r, u = op.u, q = q, o = op.o,
     at = tonumber(op.at) or now }))
   bk.qlen = n + 1
-  local rec = 'q|' .. int(now)
+  local rec = 'q|' .. now_s
   local st = bk.state()
   if st.open == 0 then
     st.round = st.round + 1
@@ -866,6 +872,23 @@ for r, a in pairs(answered) do
 end
 for s = 1, #answer_writes, 1000 do
   redis.call('HSET', KEYS[4], unpack(answer_writes, s, math.min(s + 999, #answer_writes)))
+end
+do
+  local keep, gone = {}, {}
+  for u in pairs(held_dirty) do
+    if held[u] > 0 then
+      keep[#keep + 1] = u
+      keep[#keep + 1] = int(held[u])
+    else
+      gone[#gone + 1] = u
+    end
+  end
+  for s = 1, #keep, 1000 do
+    redis.call('HSET', KEYS[3], unpack(keep, s, math.min(s + 999, #keep)))
+  end
+  for s = 1, #gone, 1000 do
+    redis.call('HDEL', KEYS[3], unpack(gone, s, math.min(s + 999, #gone)))
+  end
 end
 if d_total ~= 0 then
   redis.call('HINCRBY', KEYS[2], 'total', d_total)

@@ -67,7 +67,8 @@ impl Clock {
 pub(super) enum Outcome {
     /// Queued for the processors (HTTP 202, or acknowledged by the broker).
     Accepted,
-    /// Answered by ingest's fast path with a final decision (HTTP 200).
+    /// Answered with a final decision (HTTP 200): by ingest's fast path, or
+    /// with `--wait-ms` by the processors while the buyer waited.
     Fast,
     /// Refused (429, 503, any other status or an unreadable answer; or not
     /// acknowledged by the broker).
@@ -116,6 +117,9 @@ pub(super) enum Sender {
     Kafka {
         producer: FutureProducer,
         topic: String,
+        /// Stock buckets of every campaign (1: none): a purchase is keyed
+        /// by its user's bucket, as an upstream producer should key it.
+        buckets: u32,
     },
 }
 
@@ -150,7 +154,11 @@ impl Sender {
                     }
                 }))
             }
-            Sender::Kafka { producer, topic } => {
+            Sender::Kafka {
+                producer,
+                topic,
+                buckets,
+            } => {
                 let rid = uuid::Uuid::new_v4().to_string();
                 let event = RequestEvent::PurchaseRequested(PurchaseRequested {
                     schema_version: SCHEMA_VERSION,
@@ -162,7 +170,11 @@ impl Sender {
                     attributes: None,
                 });
                 let payload = serde_json::to_vec(&event)?;
-                let mut record = FutureRecord::to(topic).key(campaign).payload(&payload);
+                let key = seckill_schemas::bucket_key(
+                    campaign,
+                    seckill_schemas::bucket_of(user, *buckets),
+                );
+                let mut record = FutureRecord::to(topic).key(key.as_str()).payload(&payload);
                 // A full producer queue holds the generator back: that
                 // shows as send lag, and in the latency from the due time.
                 let delivery = loop {

@@ -103,6 +103,15 @@ pub(crate) struct BenchCmd {
     /// spread evenly over the others. 0 spreads all evenly.
     #[arg(long, env = "SECKILL_BENCH_HOT_SHARE", default_value_t = 0.0)]
     hot_share: f64,
+    /// Over HTTP: every buyer waits up to this long for the decision
+    /// (`?wait_ms=`); a decision in the answer counts in `answered_fast`
+    /// and the accept latency is then the time to the decision.
+    #[arg(long, env = "SECKILL_BENCH_WAIT_MS")]
+    wait_ms: Option<u64>,
+    /// Stock buckets of each campaign (see the README's hot items); unset:
+    /// one bucket.
+    #[arg(long, env = "SECKILL_BENCH_BUCKETS")]
+    buckets: Option<u32>,
     /// Closed loop: HTTP requests in flight at once. Also the connections
     /// of the `http_healthz` ceiling, and the HTTP client's idle pool.
     #[arg(long, env = "SECKILL_BENCH_CONCURRENCY", default_value_t = 256)]
@@ -252,7 +261,10 @@ impl BenchCmd {
         let sender = match self.via {
             Via::Http => Sender::Http {
                 client: http.clone(),
-                url: format!("{}/v1/purchases", self.url),
+                url: match self.wait_ms {
+                    Some(ms) => format!("{}/v1/purchases?wait_ms={ms}", self.url),
+                    None => format!("{}/v1/purchases", self.url),
+                },
                 // One token per user, signed before the clock starts.
                 tokens: match &key {
                     _ if self.auth == crate::args::AuthArg::Header => HashMap::new(),
@@ -272,6 +284,7 @@ impl BenchCmd {
             Via::Kafka => Sender::Kafka {
                 producer: self.kafka.settings().producer(300_000)?,
                 topic: self.kafka.topics().requests,
+                buckets: self.buckets.unwrap_or(1),
             },
         };
 
@@ -514,6 +527,7 @@ impl BenchCmd {
                 ends_at: now + chrono::Duration::hours(1),
                 payment_timeout_secs: 300,
                 price: 100,
+                buckets: self.buckets,
                 ..CampaignSpec::default()
             };
             let req = http.post(format!("{}/v1/campaigns", self.url)).json(&spec);
