@@ -631,11 +631,25 @@ function bk.queue_len()
   return bk.qlen
 end
 
+-- The bucket's borrowing state, read once per call; callers change the
+-- table they get and write what they change, so it stays current.
 function bk.state()
-  local v = redis.call('HMGET', KEYS[10], 'round', 'open', 'ask')
-  return { round = tonumber(v[1] or '0'), open = tonumber(v[2] or '0'),
-    ask = tonumber(v[3] or '0') }
+  if bk.st == nil then
+    local v = redis.call('HMGET', KEYS[10], 'round', 'open', 'ask', 'dry')
+    bk.st = { round = tonumber(v[1] or '0'), open = tonumber(v[2] or '0'),
+      ask = tonumber(v[3] or '0'), dry = tonumber(v[4] or '0') }
+  end
+  return bk.st
 end
+
+-- After a round in which no sibling had units left, a bucket answers what
+-- it cannot serve sold_out at once for DRY_MS instead of asking again: in a
+-- flash sale almost every request comes after the stock is gone, and a
+-- round per batch of them (nb - 1 trips through the log each) would hold
+-- every one of them back. Units that come back to a sibling meanwhile
+-- (a cancel, an expiry, added stock) are borrowed by the first purchase
+-- after the window.
+bk.DRY_MS = 1000
 
 -- Units the parked purchases need beyond what is available: those that
 -- would pass the per-user limit, in order (at least 1).
@@ -673,6 +687,9 @@ function bk.hold(op, q)
   end
   local n = bk.queue_len()
   if n == 0 and get_available() >= q then
+    return nil
+  end
+  if n == 0 and now - bk.state().dry < bk.DRY_MS then
     return nil
   end
   redis.call('RPUSH', KEYS[11], cjson.encode({ r = op.r, u = op.u, q = q, o = op.o,
@@ -723,6 +740,8 @@ end
 
 function bk.close_round()
   redis.call('HDEL', KEYS[10], 'open', 'ask')
+  local st = bk.state()
+  st.open, st.ask = 0, 0
 end
 
 -- A sibling asks for units.
@@ -762,9 +781,12 @@ function bk.transfer(op)
     redis.call('HSET', KEYS[10], 'ask', st.ask)
     records[#records + 1] = bk.ask_record(st)
   else
-    -- Every sibling answered: what is still short is sold out.
+    -- Every sibling answered: what is still short is sold out, and so
+    -- is what comes short in the next DRY_MS.
     bk.serve('final', records)
     bk.close_round()
+    st.dry = now
+    redis.call('HSET', KEYS[10], 'dry', now_s)
   end
   return table.concat(records, '\n')
 end
@@ -784,8 +806,9 @@ end
 -- count).
 function bk.forget()
   redis.call('DEL', KEYS[11])
-  redis.call('HDEL', KEYS[10], 'open', 'ask')
+  redis.call('HDEL', KEYS[10], 'open', 'ask', 'dry')
   bk.qlen = 0
+  bk.st = nil
 end
 
 local handlers = {

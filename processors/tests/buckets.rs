@@ -446,3 +446,37 @@ async fn one_bucket_sells_out_at_once_as_before() {
         .expect("HMGET meta");
     assert_eq!(meta, [None, None]);
 }
+
+/// After a round in which no sibling had a unit, a drained bucket answers
+/// sold_out at once for a second (no parking, no new round through the
+/// log for every later batch of a sold-out flood), then asks again.
+#[tokio::test]
+async fn a_bucket_that_found_nothing_anywhere_answers_sold_out_at_once_for_a_while() {
+    let mut b = Buckets::new(spec("dry", 2, 2, 1)).await;
+    // Bucket 1 sells its unit to its own buyer first.
+    let out = b.run(1, &[buy("dry", "r0", "u0")], true).await;
+    assert_eq!(status(&out[0]), Some(DecisionStatus::Reserved));
+    let out = b
+        .run(0, &[buy("dry", "r1", "u1"), buy("dry", "r2", "u2")], true)
+        .await;
+    assert_eq!(status(&out[0]), Some(DecisionStatus::Reserved));
+    assert!(matches!(out[1][0], Answer::Held { .. }), "{:?}", out[1]);
+    let (to, borrow) = borrow_of("dry", 0, asks(&out[1])[0]);
+    assert_eq!(to, 1);
+    let lent = b.once(1, borrow).await;
+    let (_, transfer) = transfer_of("dry", 1, lends(&lent)[0]);
+    let got = b.once(0, transfer).await;
+    assert_eq!(served(&got), [("r2".to_owned(), DecisionStatus::SoldOut)]);
+
+    // Within the window: sold out at once, nothing parked, nothing asked.
+    let out = b.run(0, &[buy("dry", "r3", "u3")], true).await;
+    assert_eq!(status(&out[0]), Some(DecisionStatus::SoldOut), "{out:?}");
+    assert!(asks(&out[0]).is_empty(), "{out:?}");
+
+    // After it: the next purchase short of units parks and asks again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let out = b.run(0, &[buy("dry", "r4", "u4")], true).await;
+    assert!(matches!(out[0][0], Answer::Held { .. }), "{out:?}");
+    assert_eq!(asks(&out[0]).len(), 1, "{out:?}");
+    b.conserved(2).await;
+}
