@@ -651,19 +651,14 @@ end
 -- after the window.
 bk.DRY_MS = 1000
 
--- Units the parked purchases need beyond what is available: those that
--- would pass the per-user limit, in order (at least 1).
+-- Units the parked purchases need beyond what is available (at least 1).
+-- `need` (KEYS[10]) is the sum of the parked quantities, kept as they park
+-- and leave, so an ask does not read the whole queue: a sold-out flood can
+-- park tens of thousands. It counts purchases the per-user limit will
+-- refuse too; units lent for them stay in this bucket, sellable to its
+-- users, and the checker's conservation still holds.
 function bk.want()
-  local need = 0
-  local sim = {}
-  for _, raw in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do
-    local p = cjson.decode(raw)
-    local h = sim[p.u] or get_held(p.u)
-    if h + p.q <= meta.limit then
-      sim[p.u] = h + p.q
-      need = need + p.q
-    end
-  end
+  local need = tonumber(redis.call('HGET', KEYS[10], 'need') or '0')
   return math.max(need - get_available(), 1)
 end
 
@@ -695,6 +690,7 @@ function bk.hold(op, q)
   redis.call('RPUSH', KEYS[11], cjson.encode({ r = op.r, u = op.u, q = q, o = op.o,
     at = tonumber(op.at) or now }))
   bk.qlen = n + 1
+  redis.call('HINCRBY', KEYS[10], 'need', q)
   local rec = 'q|' .. now_s
   local st = bk.state()
   if st.open == 0 then
@@ -716,24 +712,37 @@ function bk.serve(mode, records)
     return
   end
   bk.mode = mode
-  local done = 0
-  for _, raw in ipairs(redis.call('LRANGE', KEYS[11], 0, -1)) do
-    local p = cjson.decode(raw)
-    local r = purchase(p)
-    if r == bk.WAIT then
+  local done, left = 0, 0
+  local CHUNK = 200
+  local short = false
+  for s = 0, n - 1, CHUNK do
+    -- Read in chunks: serving usually stops at the first purchase still
+    -- short of units, near the head of a long queue.
+    for _, raw in ipairs(redis.call('LRANGE', KEYS[11], s, s + CHUNK - 1)) do
+      local p = cjson.decode(raw)
+      local r = purchase(p)
+      if r == bk.WAIT then
+        short = true
+        break
+      end
+      answered[p.r] = r
+      local status = string.match(r, '^d|([^|]*)|')
+      stats[status] = (stats[status] or 0) + 1
+      records[#records + 1] = 's|' .. p.r .. '|' .. p.u .. '|' .. int(p.at) .. '|' .. string.sub(r, 3)
+      done = done + 1
+      left = left + tonumber(p.q)
+    end
+    if short then
       break
     end
-    answered[p.r] = r
-    local status = string.match(r, '^d|([^|]*)|')
-    stats[status] = (stats[status] or 0) + 1
-    records[#records + 1] = 's|' .. p.r .. '|' .. p.u .. '|' .. int(p.at) .. '|' .. string.sub(r, 3)
-    done = done + 1
   end
   bk.mode = 'normal'
   if done == n then
     redis.call('DEL', KEYS[11])
+    redis.call('HDEL', KEYS[10], 'need')
   elseif done > 0 then
     redis.call('LTRIM', KEYS[11], done, -1)
+    redis.call('HINCRBY', KEYS[10], 'need', -left)
   end
   bk.qlen = n - done
 end
@@ -806,7 +815,7 @@ end
 -- count).
 function bk.forget()
   redis.call('DEL', KEYS[11])
-  redis.call('HDEL', KEYS[10], 'open', 'ask', 'dry')
+  redis.call('HDEL', KEYS[10], 'open', 'ask', 'dry', 'need')
   bk.qlen = 0
   bk.st = nil
 end
