@@ -6,9 +6,10 @@
 //! processor does; the commands between them are fed by hand here, in the
 //! order the processors would send them.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+mod support;
+use support::{start_redis, Redis};
 
 use chrono::{Duration as ChronoDuration, Utc};
 use redis::aio::ConnectionManager;
@@ -18,39 +19,6 @@ use seckill_schemas::{
     CampaignAction, CampaignCommand, CampaignKind, CampaignOutcome, CampaignSpec, DecisionStatus,
     KeyLayout, PurchaseRequested, RefusalReason, RequestEvent, UpsertCampaign,
 };
-
-struct Redis {
-    child: Child,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_redis() -> (Redis, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port();
-    // Waited for by Redis::drop.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (scripts/install-deps installs it)");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (Redis { child }, format!("redis://127.0.0.1:{port}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server did not start on {port}");
-}
 
 struct Buckets {
     _redis: Redis,
@@ -193,8 +161,8 @@ fn lends(records: &[Answer]) -> Vec<&Answer> {
 
 impl Buckets {
     async fn new(spec: CampaignSpec) -> Self {
-        let (redis, url) = start_redis().await;
-        let con = seckill_processors::connect_redis(&url)
+        let redis = start_redis().await;
+        let con = seckill_processors::connect_redis(&redis.url)
             .await
             .expect("connect to the test redis-server");
         let mut b = Self {

@@ -2,9 +2,10 @@
 //! every operation, and the invariants the script promises.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+mod support;
+use support::{start_redis, Redis};
 
 use chrono::{Duration as ChronoDuration, Utc};
 use redis::aio::ConnectionManager;
@@ -20,48 +21,6 @@ use seckill_schemas::{
     DrawStrategy, ExpireDue, KeyLayout, OrderAction, OrderCommand, OrderStatus, PrizeSpec,
     PurchaseRequested, RequestEvent, UpsertCampaign,
 };
-
-struct Redis {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_redis() -> Redis {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on PATH (scripts/install-deps installs it)");
-    let url = format!("redis://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Redis { child, url };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server did not start on {port}");
-}
 
 /// The key the test deciders derive draw secrets from.
 const DRAW_KEY: &[u8] = b"decide-test-draw-key";
