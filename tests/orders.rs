@@ -1363,3 +1363,67 @@ async fn replaying_the_orders_topic_leaves_every_order_status_unchanged() {
     assert_none("fulfilment", &violations);
     drop(all);
 }
+
+/// A rolling upgrade: results and order campaigns that processors before
+/// the lookup hashes wrote as one key each (`<prefix>:decision:<id>`,
+/// `<prefix>:order:<id>`) are still found by GET /v1/requests/{id} and by
+/// a pay by order id; without them the request reads as pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_written_by_older_processors_stay_readable_after_an_upgrade() {
+    let stack = Stack::start().await;
+    let all = stack.seckill(&["all"], &[]).await;
+    let api = Api::new(all.http.as_deref().expect("http"));
+    let cid = format!("legacy-{}", token(6));
+    create(
+        &api,
+        &campaign_body(&cid, 5, json!({})),
+        CampaignState::Active,
+    )
+    .await;
+    let d = buy(&api, &cid, "olga", "k", None).await;
+    let rid = d.request_id.clone();
+    let order = d.order_id.clone().expect("order");
+    let before = api
+        .get(&format!("/v1/requests/{rid}"))
+        .await
+        .expect("GET request");
+    assert_eq!(before.body["status"], json!("reserved"), "{}", before.body);
+
+    // Move both lookups from the hashes to the old per-id keys.
+    let mut con = stack.redis_con().await;
+    let prefix = stack.keys.lookup_ttl().replace(":lk:ttl_secs", "");
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:lk:[ro]:*"))
+        .query_async(&mut con)
+        .await
+        .expect("KEYS");
+    assert!(!hashes.is_empty(), "no lookup hashes under {prefix}");
+    for h in &hashes {
+        let _: () = con.hdel(h, &[&rid, &order]).await.expect("HDEL");
+    }
+    let legacy_result = format!("{prefix}:decision:{rid}");
+    let gone = api.get(&format!("/v1/requests/{rid}")).await.expect("GET");
+    assert_eq!(gone.body["status"], json!("pending"), "{}", gone.body);
+    let _: () = con
+        .set(&legacy_result, before.body.to_string())
+        .await
+        .expect("SET");
+    let _: () = con
+        .set(format!("{prefix}:order:{order}"), &cid)
+        .await
+        .expect("SET");
+
+    let after = api.get(&format!("/v1/requests/{rid}")).await.expect("GET");
+    assert_eq!(after.body, before.body);
+    let paid = api
+        .post(
+            &format!("/v1/orders/{order}/pay?wait_ms=5000"),
+            &json!({ "payment_ref": "psp-olga-1" }),
+            &[("Authorization", &Api::payments())],
+        )
+        .await
+        .expect("pay");
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert_eq!(paid.body["status"], json!("paid"), "{}", paid.body);
+    drop(all);
+}

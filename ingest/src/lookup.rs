@@ -51,7 +51,8 @@ fn to_read(windows: LookupWindows) -> [u64; 3] {
 }
 
 /// Adds the reads of the lookup of `kind` for `id` to `pipe`: one reply
-/// per window, newest first (see [`first`]).
+/// per window, newest first, then the key an older processor wrote it
+/// under (see [`first`]).
 pub(crate) fn queue_reads(
     pipe: &mut redis::Pipeline,
     keys: &KeyLayout,
@@ -62,10 +63,11 @@ pub(crate) fn queue_reads(
     for w in to_read(windows) {
         pipe.hget(keys.lookup(kind, id, w), id);
     }
+    pipe.get(keys.legacy_lookup(kind, id));
 }
 
 /// The newest of the replies [`queue_reads`] asked for.
-pub(crate) fn first(found: [Option<String>; 3]) -> Option<String> {
+pub(crate) fn first(found: [Option<String>; 4]) -> Option<String> {
     found.into_iter().flatten().next()
 }
 
@@ -79,6 +81,12 @@ pub(crate) async fn read(
     let windows = windows(con, keys).await?;
     let mut pipe = redis::pipe();
     queue_reads(&mut pipe, keys, windows, kind, id);
-    let (a, b, c): (Option<String>, Option<String>, Option<String>) = pipe.query_async(con).await?;
-    Ok(first([a, b, c]))
+    type Found = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let (a, b, c, d): Found = pipe.query_async(con).await?;
+    Ok(first([a, b, c, d]))
 }

@@ -101,10 +101,11 @@ pub(super) async fn get(
         Option<String>,
         Option<String>,
         Option<String>,
+        Option<String>,
     );
     let read: Result<Read, _> = pipe.query_async(&mut con).await;
     let (result, position) = match read {
-        Ok((a, b, c, position)) => (crate::lookup::first([a, b, c]), position),
+        Ok((a, b, c, d, position)) => (crate::lookup::first([a, b, c, d]), position),
         Err(e) => return redis_down(e).into_response(),
     };
     match current_result(&app, &mut con, &request_id, result).await {

@@ -109,6 +109,17 @@ impl KeyLayout {
         )
     }
 
+    /// The one key per lookup that processors wrote before the lookup
+    /// hashes (`<prefix>:decision:<id>`, `<prefix>:order:<id>`): readers
+    /// still look there, so that lookups written before an upgrade, or by
+    /// processors not restarted yet in a rolling one, stay readable.
+    pub fn legacy_lookup(&self, kind: LookupKind, id: &str) -> String {
+        match kind {
+            LookupKind::Result => format!("{}:decision:{id}", self.prefix),
+            LookupKind::OrderCampaign => format!("{}:order:{id}", self.prefix),
+        }
+    }
+
     /// Where processors publish how long lookups are kept, so that readers
     /// compute the same windows ([`LookupWindows::secs`]).
     pub fn lookup_ttl(&self) -> String {
