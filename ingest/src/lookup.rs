@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use seckill_schemas::state::{LookupKind, LookupWindows};
@@ -44,10 +44,7 @@ pub(crate) async fn windows(
 
 /// The windows to read now.
 fn to_read(windows: LookupWindows) -> [u64; 3] {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    windows.to_read(now)
+    windows.to_read(LookupWindows::now_secs())
 }
 
 /// Adds the reads of the lookup of `kind` for `id` to `pipe`: one reply

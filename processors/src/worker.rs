@@ -428,37 +428,36 @@ impl Worker {
     /// campaigns for the expiry sweeper. The lookups of a batch are one
     /// HSET per lookup hash (see `KeyLayout::lookup`), plus its expiry.
     fn index_pipeline(&self, lookups: &[(String, Lookup)]) -> Option<redis::Pipeline> {
-        use seckill_schemas::state::LookupKind;
+        use seckill_schemas::state::{lookup_shard, LookupKind, LookupWindows};
         let windows = self.lookup_windows();
-        let now_secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let window = windows.current(now_secs);
-        let mut hashes: std::collections::BTreeMap<String, Vec<(&str, &str)>> =
+        let window = windows.current(LookupWindows::now_secs());
+        // Grouped by hash, whose key is formatted once per batch.
+        let mut hashes: std::collections::BTreeMap<(LookupKind, u32), Vec<(&str, &str)>> =
             std::collections::BTreeMap::new();
         let mut pipe = redis::pipe();
         for (cid, l) in lookups {
-            match l {
-                Lookup::Result { request_id, json } => hashes
-                    .entry(self.keys.lookup(LookupKind::Result, request_id, window))
-                    .or_default()
-                    .push((request_id, json)),
-                Lookup::OrderCampaign { order_id } => hashes
-                    .entry(
-                        self.keys
-                            .lookup(LookupKind::OrderCampaign, order_id, window),
-                    )
-                    .or_default()
-                    .push((order_id, cid)),
+            let (kind, id, value) = match l {
+                Lookup::Result { request_id, json } => {
+                    (LookupKind::Result, request_id.as_str(), json.as_str())
+                }
+                Lookup::OrderCampaign { order_id } => {
+                    (LookupKind::OrderCampaign, order_id.as_str(), cid.as_str())
+                }
                 Lookup::NewCampaign => {
                     pipe.sadd(self.keys.campaigns(), cid).ignore();
+                    continue;
                 }
-            }
+            };
+            hashes
+                .entry((kind, lookup_shard(id)))
+                .or_default()
+                .push((id, value));
         }
         let expires_at = windows.expires_at(window);
-        for (key, fields) in &hashes {
-            pipe.hset_multiple(key, fields).ignore();
-            pipe.cmd("EXPIREAT").arg(key).arg(expires_at).ignore();
+        for (&(kind, shard), fields) in &hashes {
+            let key = self.keys.lookup_hash(kind, window, shard);
+            pipe.hset_multiple(&key, fields).ignore();
+            pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();
         }
         (!lookups.is_empty()).then_some(pipe)
     }

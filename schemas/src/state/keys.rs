@@ -101,12 +101,13 @@ impl KeyLayout {
     /// The authoritative copy of a result stays in the campaign's
     /// `requests` hash.
     pub fn lookup(&self, kind: LookupKind, id: &str, window: u64) -> String {
-        format!(
-            "{}:lk:{}:{window}:{}",
-            self.prefix,
-            kind.tag(),
-            lookup_shard(id)
-        )
+        self.lookup_hash(kind, window, lookup_shard(id))
+    }
+
+    /// The lookup hash of `kind`, `window` and shard `shard` (see
+    /// [`lookup_shard`]), for writers that group a batch by hash.
+    pub fn lookup_hash(&self, kind: LookupKind, window: u64, shard: u32) -> String {
+        format!("{}:lk:{}:{window}:{shard}", self.prefix, kind.tag())
     }
 
     /// The one key per lookup that processors wrote before the lookup
@@ -148,7 +149,7 @@ impl KeyLayout {
 }
 
 /// What a lookup finds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LookupKind {
     /// request id -> the result as API JSON.
     Result,
@@ -195,6 +196,11 @@ impl LookupWindows {
         Self {
             secs: ttl_secs.max(60),
         }
+    }
+
+    /// Unix seconds by this process's clock, the time the windows count.
+    pub fn now_secs() -> u64 {
+        u64::try_from(crate::now_ms() / 1000).unwrap_or(0)
     }
 
     /// The window a lookup written at `now_secs` goes into.
