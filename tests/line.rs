@@ -6,7 +6,7 @@
 //!
 //! | guarantee | test |
 //! |---|---|
-//! | with the processor stopped, the k-th purchase queued has exactly k-1 ahead (from the processors' progress, and from their committed offset when no progress is recorded), its owner and an admin see it, a stranger gets 403 and nothing of it; a `wait_ms` that runs out says the same; once the processor runs every answer becomes its decision; after the processor learnt a rate, the counts are exact relative to its progress and come with an estimated wait | `place_in_line_is_exact_on_one_partition_and_only_for_the_owner` |
+//! | with the processor stopped, the k-th purchase queued has exactly k-1 ahead (from the processors' progress, and from their committed offset when no progress is recorded), its owner and an admin see it, a stranger gets 403 and nothing of it; a position stored the way an older ingest did (a key per request) still answers; a `wait_ms` that runs out says the same; once the processor runs every answer becomes its decision; after the processor learnt a rate, the counts are exact relative to its progress and come with an estimated wait | `place_in_line_is_exact_on_one_partition_and_only_for_the_owner` |
 //!
 //! Run: `cargo test -p seckill-cli --test line -- --test-threads=1`.
 //! Needs `redis-server` and `tansu` (see tests/common/mod.rs).
@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::{start_roles, token, wait_for, Api, CampaignArgs, Stack};
-use seckill_schemas::state::Progress;
+use seckill_schemas::state::{position_windows, LookupWindows, Progress};
 use seckill_schemas::DecisionStatus;
 
 /// Purchases queued while the processor is stopped, in the first round.
@@ -162,6 +162,42 @@ async fn place_in_line_is_exact_on_one_partition_and_only_for_the_owner() {
         "the create was the only message before the first purchase"
     );
 
+    // A position an older ingest wrote as a key of its own (before the
+    // position hashes) still answers: moved there, the last purchase of
+    // round one keeps its place.
+    let moved = round_one.last().expect("round one queued");
+    let before = place_of(&api, moved, &Api::admin()).await;
+    let mut con = stack.redis_con().await;
+    let mut found = None;
+    for w in position_windows().to_read(LookupWindows::now_secs()) {
+        let key = stack.keys.position(moved, w);
+        let raw: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(moved)
+            .query_async(&mut con)
+            .await
+            .expect("read a position hash");
+        if let Some(raw) = raw {
+            let _: () = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(moved)
+                .query_async(&mut con)
+                .await
+                .expect("delete the position field");
+            found = Some(raw);
+        }
+    }
+    let raw = found.expect("the position is a field of a position hash");
+    let _: () = redis::cmd("SET")
+        .arg(stack.keys.legacy_position(moved))
+        .arg(&raw)
+        .arg("EX")
+        .arg(3600)
+        .query_async(&mut con)
+        .await
+        .expect("write the position as an older ingest did");
+    assert_eq!(place_of(&api, moved, &Api::admin()).await, before);
+
     // A buyer who waits and runs out of time gets the place with the 202.
     let waited = api
         .purchase(&cid, "first-waits", None, None, Some(300))
@@ -179,7 +215,6 @@ async fn place_in_line_is_exact_on_one_partition_and_only_for_the_owner() {
 
     // Without the processors' progress (never written, or lost), the
     // count comes from their group's committed offset, still exact.
-    let mut con = stack.redis_con().await;
     let _: () = redis::cmd("DEL")
         .arg(stack.keys.progress())
         .query_async(&mut con)

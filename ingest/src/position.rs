@@ -2,8 +2,7 @@
 //!
 //! The broker's acknowledgement of a purchase says where it went
 //! (partition and offset). A background writer records that, with the
-//! buyer, under [`KeyLayout::position`]; the purchase's answer never waits
-//! for it. The processors record how far they are on each partition
+//! buyer, under [`KeyLayout::position`] (a field of a windowed hash); the purchase's answer never waits for it. The processors record how far they are on each partition
 //! ([`KeyLayout::progress`], once per batch). What is ahead of a request is
 //! the difference of the two; see [`place`].
 //!
@@ -21,7 +20,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use redis::aio::ConnectionManager;
 use seckill_kafka::{KafkaConsumer, KafkaSettings};
-use seckill_schemas::state::{Position, Progress};
+use seckill_schemas::state::{lookup_shard, position_windows, LookupWindows, Position, Progress};
 use seckill_schemas::{now_ms, KeyLayout, QueuePlace};
 use tokio::sync::mpsc;
 
@@ -34,11 +33,20 @@ const QUEUE: usize = 16_384;
 /// Positions written in one pipeline, at most.
 const WRITE_BATCH: usize = 1024;
 
-/// How long a position stays readable. A position matters only while its
-/// request is pending; an hour outlasts any healthy wait by far, and keeps
-/// one key per request for an hour instead of for the decisions' day.
-/// After it the request still answers, `pending` without a place.
-const POSITION_TTL_SECS: u64 = 3600;
+/// Adds the reads of `request_id`'s position to `pipe`: one reply per
+/// window, newest first, then the key an older ingest wrote it under (see
+/// [`first_position`]).
+pub(crate) fn queue_position_reads(pipe: &mut redis::Pipeline, keys: &KeyLayout, request_id: &str) {
+    for w in position_windows().to_read(LookupWindows::now_secs()) {
+        pipe.hget(keys.position(request_id, w), request_id);
+    }
+    pipe.get(keys.legacy_position(request_id));
+}
+
+/// The newest of the replies [`queue_position_reads`] asked for.
+pub(crate) fn first_position(found: [Option<String>; 4]) -> Option<String> {
+    found.into_iter().flatten().next()
+}
 
 /// Progress this old while messages wait means the processors are stalled
 /// or down (the stall watch's default); no wait is estimated then.
@@ -157,16 +165,10 @@ async fn write_positions(
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for e in &batch {
-            pipe.set_ex(
-                keys.position(&e.request_id),
-                e.position.encode(),
-                POSITION_TTL_SECS,
-            )
-            .ignore();
-        }
-        match pipe.query_async::<()>(&mut redis).await {
+        match position_pipeline(&keys, &batch, LookupWindows::now_secs())
+            .query_async::<()>(&mut redis)
+            .await
+        {
             Ok(()) => internal_events::positions("written", batch.len()),
             Err(e) => {
                 internal_events::positions("failed", batch.len());
@@ -175,6 +177,28 @@ async fn write_positions(
         }
         batch.clear();
     }
+}
+
+/// The writes of `batch` at `now_secs`: one HSET per position hash it
+/// touches, and that hash's expiry.
+fn position_pipeline(keys: &KeyLayout, batch: &[Entry], now_secs: u64) -> redis::Pipeline {
+    let windows = position_windows();
+    let window = windows.current(now_secs);
+    let mut hashes: HashMap<u32, Vec<(&str, String)>> = HashMap::new();
+    for e in batch {
+        hashes
+            .entry(lookup_shard(&e.request_id))
+            .or_default()
+            .push((e.request_id.as_str(), e.position.encode()));
+    }
+    let expires_at = windows.expires_at(window);
+    let mut pipe = redis::pipe();
+    for (shard, fields) in &hashes {
+        let key = keys.position_hash(window, *shard);
+        pipe.hset_multiple(&key, fields).ignore();
+        pipe.cmd("EXPIREAT").arg(&key).arg(expires_at).ignore();
+    }
+    pipe
 }
 
 /// The place of a request at `placed`, given the next offset of its
@@ -357,5 +381,70 @@ mod tests {
         assert!(place(far, Some(1), Some(&future), i64::MIN)
             .estimated_wait_ms
             .is_some());
+    }
+
+    /// The commands of a packed pipeline, each as its arguments.
+    fn commands(pipe: &redis::Pipeline) -> Vec<Vec<String>> {
+        let packed = String::from_utf8(pipe.get_packed_pipeline()).expect("utf-8");
+        let mut lines = packed.split("\r\n");
+        let mut out = Vec::new();
+        while let Some(head) = lines.next().filter(|l| !l.is_empty()) {
+            let n: usize = head.trim_start_matches('*').parse().expect("array length");
+            out.push(
+                (0..n)
+                    .map(|_| {
+                        lines.next().expect("bulk length");
+                        lines.next().expect("bulk").to_owned()
+                    })
+                    .collect(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn positions_go_as_one_hset_per_hash_into_the_hash_readers_read() {
+        let keys = KeyLayout::new("t");
+        let now = 1_700_000_123;
+        let batch: Vec<Entry> = (0..500)
+            .map(|i| Entry {
+                request_id: format!("req-{i}"),
+                position: Position {
+                    partition: i % 4,
+                    offset: i64::from(i),
+                    user_id: format!("u{i}"),
+                },
+            })
+            .collect();
+        let cmds = commands(&position_pipeline(&keys, &batch, now));
+        let window = position_windows().current(now);
+        let mut stored = HashMap::new();
+        let mut hashes = 0;
+        for c in &cmds {
+            match c[0].as_str() {
+                "HMSET" => {
+                    hashes += 1;
+                    for pair in c[2..].chunks(2) {
+                        stored.insert(pair[0].clone(), (c[1].clone(), pair[1].clone()));
+                    }
+                }
+                "EXPIREAT" => assert_eq!(
+                    c[2],
+                    position_windows().expires_at(window).to_string(),
+                    "{c:?}"
+                ),
+                other => panic!("unexpected command {other}: {c:?}"),
+            }
+        }
+        assert!(hashes <= 16, "{hashes} HMSETs for one batch");
+        assert_eq!(cmds.len(), 2 * hashes, "each hash gets its expiry");
+        assert_eq!(stored.len(), batch.len());
+        for e in &batch {
+            let (key, value) = &stored[&e.request_id];
+            // The reader's window of the same clock holds it.
+            assert!(position_windows().to_read(now).contains(&window));
+            assert_eq!(key, &keys.position(&e.request_id, window));
+            assert_eq!(Position::parse(value).as_ref(), Ok(&e.position));
+        }
     }
 }

@@ -320,15 +320,20 @@ impl BenchCmd {
 
         // Wait for a decision on every accepted request.
         let deadline = Instant::now() + Duration::from_secs(self.settle_secs);
+        // A cursor over `accepted`: everything before it is decided (the
+        // map only grows), so each check resumes at the first request not
+        // seen decided yet instead of scanning them all while the
+        // collector waits for the lock.
+        let mut decided_before = 0;
         loop {
-            let decided = {
+            {
                 let s = collect::lock(&seen);
-                accepted
+                decided_before += accepted[decided_before..]
                     .iter()
-                    .filter(|r| s.decisions.contains_key(**r))
-                    .count()
-            };
-            if decided == accepted.len() || Instant::now() > deadline {
+                    .take_while(|r| s.decisions.contains_key(**r))
+                    .count();
+            }
+            if decided_before == accepted.len() || Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

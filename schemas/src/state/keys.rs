@@ -1,7 +1,7 @@
 //! Redis key layout. Every key of a campaign carries the hash tag `{c:<id>}`
 //! so that one Lua call touches one slot and runs unchanged on Redis Cluster.
 //! The processors are the only writers of the campaign keys; ingest only
-//! reads them. The one key ingest writes is a pending request's
+//! reads them. The one thing ingest writes is a pending request's
 //! [`KeyLayout::position`], which no campaign state depends on.
 //! A stock bucket `b` > 0 of a campaign is keyed like a campaign whose id is
 //! `<id>#<b>` ([`KeyLayout::bucket`], `crate::buckets`).
@@ -132,11 +132,27 @@ impl KeyLayout {
         format!("{}:campaigns", self.prefix)
     }
 
-    /// Where a request sits on the requests topic and whose it is (see
+    /// The hash that holds where request `request_id`, recorded in time
+    /// window `window`, sits on the requests topic and whose it is (see
     /// [`super::Position`]), for its place in line while it is pending.
-    /// Written by ingest once the broker acknowledged the request, with a
-    /// TTL; never read for a decision.
-    pub fn position(&self, request_id: &str) -> String {
+    /// Written by ingest once the broker acknowledged the request, never
+    /// read for a decision. Like lookups, positions are fields of a few
+    /// hashes per window (one HSET per hash per write, instead of a SETEX
+    /// per request), and a window's hashes expire as a whole.
+    pub fn position(&self, request_id: &str, window: u64) -> String {
+        self.position_hash(window, lookup_shard(request_id))
+    }
+
+    /// The position hash of `window` and shard `shard` (see
+    /// [`lookup_shard`]), for a writer that groups its writes by hash.
+    pub fn position_hash(&self, window: u64, shard: u32) -> String {
+        format!("{}:pos:{window}:{shard}", self.prefix)
+    }
+
+    /// The one key per request ingest wrote positions under before the
+    /// position hashes; still read, so that positions an older ingest
+    /// wrote during a rolling upgrade keep answering.
+    pub fn legacy_position(&self, request_id: &str) -> String {
         format!("{}:position:{request_id}", self.prefix)
     }
 
@@ -178,6 +194,19 @@ pub fn lookup_shard(id: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h % LOOKUP_SHARDS
+}
+
+/// How long a pending request's position ([`KeyLayout::position`]) stays
+/// readable, at least (at most twice that: see [`LookupWindows`]). A
+/// position matters only while its request is pending; an hour outlasts
+/// any healthy wait by far, and keeps positions for an hour or two instead
+/// of for the decisions' day. After it the request still answers,
+/// `pending` without a place.
+pub const POSITION_TTL_SECS: u64 = 3600;
+
+/// The windows positions are written into and read from.
+pub fn position_windows() -> LookupWindows {
+    LookupWindows::new(POSITION_TTL_SECS)
 }
 
 /// Lookups are written into the window of the writer's clock, whose

@@ -12,7 +12,10 @@ mod keys;
 mod line;
 mod records;
 
-pub use keys::{lookup_shard, CampaignKeys, KeyLayout, LookupKind, LookupWindows, LOOKUP_SHARDS};
+pub use keys::{
+    lookup_shard, position_windows, CampaignKeys, KeyLayout, LookupKind, LookupWindows,
+    LOOKUP_SHARDS, POSITION_TTL_SECS,
+};
 pub use line::{Position, Progress};
 pub use records::{Answer, OrderRecord, Payment, RecordError, StockCounters, StoredOrder};
 
