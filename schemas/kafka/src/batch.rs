@@ -23,18 +23,38 @@ pub async fn recv_batch(
     cancel: &CancellationToken,
 ) -> Result<Vec<OwnedMessage>, KafkaError> {
     let mut batch = Vec::new();
-    let first = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => return Ok(batch),
-        m = consumer.recv() => m?,
-    };
-    batch.push(first.detach());
+    // A record the resume guard holds back (see crate::resume) is read
+    // again later, or was before the committed offset.
+    let guard = &consumer.context().resume;
+    if guard.armed() {
+        guard.check_idle(consumer);
+    }
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(batch),
+            m = consumer.recv() => m?,
+            _ = tokio::time::sleep(crate::resume::IDLE_AFTER), if guard.armed() => {
+                guard.check_idle(consumer);
+                continue;
+            }
+        };
+        if guard.admit(consumer, &m) {
+            batch.push(m.detach());
+            break;
+        }
+    }
     let deadline = tokio::time::sleep(max_wait);
     tokio::pin!(deadline);
     while batch.len() < max {
         tokio::select! {
             biased;
-            m = consumer.recv() => batch.push(m?.detach()),
+            m = consumer.recv() => {
+                let m = m?;
+                if guard.admit(consumer, &m) {
+                    batch.push(m.detach());
+                }
+            }
             _ = &mut deadline => break,
         }
     }
