@@ -8,6 +8,7 @@
 //! | guarantee | test |
 //! | --- | --- |
 //! | a sink SIGKILLed mid-batch loses and doubles nothing | `sink_sigkilled_mid_batch_and_restarted_nothing_lost_nothing_doubled` |
+//! | a member resuming inside a producer's record batch reads the rest of it (tansu's memory engine answers from the next batch) | `a_member_resuming_inside_a_record_batch_reads_the_rest_of_the_batch` |
 //! | a processor SIGKILLed mid-batch (three times, once restarted in tansu's rejoin window) decides every request once, no oversell | `processor_sigkilled_three_times_mid_stream_and_restarted_no_oversell_no_duplicate_every_request_decided` |
 //! | a store outage is outlasted by the retry tiers; nothing reaches the DLQ | `store_unavailable_20s_during_sale_events_flow_through_retry_tiers_and_land_nothing_in_dlq` |
 //! | Redis with AOF, SIGKILLed mid-sale, comes back with every decision | `redis_restarted_mid_sale_with_aof_sale_continues_and_invariants_hold` |
@@ -160,6 +161,103 @@ async fn sink_sigkilled_mid_batch_and_restarted_nothing_lost_nothing_doubled() {
     assert_eq!(log.unparsed, 0);
     roles.sink.assert_alive();
     roles.process.assert_alive();
+}
+
+/// A group member resumes a partition at its committed offset even when
+/// that offset falls inside a record batch (a processor or a sink stores
+/// offsets at its own batch boundaries, never at a producer's). tansu 0.6's
+/// memory engine answers a fetch with the first record batch that *starts*
+/// at or after the offset asked for, so without `seckill_kafka`'s resume
+/// guard a member silently skipped the rest of the batch: after a SIGKILL,
+/// accepted requests were never decided (the flake of
+/// `buckets::processor_sigkilled_while_buckets_borrow_nothing_lost_or_doubled`).
+/// Deterministic: partition 0 holds a batch of 20 records and a later one
+/// of 5, partition 1 only a batch of 20; offset 7 is committed on both; a
+/// new member reads 7..=24 and 7..=19, nothing before 7, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_resuming_inside_a_record_batch_reads_the_rest_of_the_batch() {
+    use rdkafka::consumer::{CommitMode, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let stack = Stack::start().await;
+    let settings = stack.kafka();
+    let topic = format!("{}.resume", stack.topic_prefix);
+    let created = settings
+        .admin()
+        .expect("admin client")
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                &topic,
+                2,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let producer = stack.producer();
+    // Each call's records are queued at once: one record batch.
+    let batch = |partition: i32, n: usize| {
+        let (producer, topic) = (&producer.inner, &topic);
+        async move {
+            let payloads: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+            let sends: Vec<_> = payloads
+                .iter()
+                .map(|payload| {
+                    producer.send(
+                        FutureRecord::<str, str>::to(topic)
+                            .partition(partition)
+                            .key("k")
+                            .payload(payload),
+                        Duration::from_secs(30),
+                    )
+                })
+                .collect();
+            for r in futures::future::join_all(sends).await {
+                r.expect("produce");
+            }
+        }
+    };
+    batch(0, 20).await;
+    batch(0, 5).await;
+    batch(1, 20).await;
+
+    let group = format!("{}.resume-group", stack.topic_prefix);
+    let committer = settings.reader(&group).expect("committer");
+    let mut tpl = TopicPartitionList::new();
+    for p in [0, 1] {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(7))
+            .expect("offset");
+    }
+    committer
+        .commit(&tpl, CommitMode::Sync)
+        .expect("commit offset 7");
+    drop(committer);
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let member = settings
+        .group_member(&group, &topic, &cancel)
+        .expect("group member");
+    let mut read: [Vec<i64>; 2] = [Vec::new(), Vec::new()];
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while read[0].len() + read[1].len() < 18 + 13 && Instant::now() < deadline {
+        let wait = tokio::time::timeout(
+            Duration::from_secs(2),
+            seckill_kafka::recv_batch(&member, 100, Duration::from_millis(200), &cancel),
+        )
+        .await;
+        if let Ok(batch) = wait {
+            for m in batch.expect("read the topic") {
+                read[m.partition() as usize].push(m.offset());
+            }
+        }
+    }
+    cancel.cancel();
+    assert_eq!(read[0], (7..25).collect::<Vec<i64>>(), "partition 0 from 7");
+    assert_eq!(read[1], (7..20).collect::<Vec<i64>>(), "partition 1 from 7");
 }
 
 /// A sale of 5,000 requests (1,500 users, 2 units each at most) for 800

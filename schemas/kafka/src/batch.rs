@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::KafkaConsumer;
 
-/// The most messages a batch reserves room for before the first arrives.
+/// The most messages a batch reserves room for when its first arrives.
 const MAX_PREALLOCATED: usize = 16_384;
 
 /// Reads up to `max` messages: waits for the first one as long as it takes
@@ -25,21 +25,43 @@ pub async fn recv_batch(
     max_wait: Duration,
     cancel: &CancellationToken,
 ) -> Result<Vec<OwnedMessage>, KafkaError> {
-    // Sized for a full batch up front: growing it by doubling copied it a
-    // dozen times per batch, into fresh (huge) pages the kernel zeroed.
-    let mut batch = Vec::with_capacity(max.clamp(1, MAX_PREALLOCATED));
-    let first = tokio::select! {
-        biased;
-        _ = cancel.cancelled() => return Ok(batch),
-        m = consumer.recv() => m?,
-    };
-    batch.push(first.detach());
+    let mut batch = Vec::new();
+    // A record the resume guard holds back (see crate::resume) is read
+    // again later, or was before the committed offset.
+    let guard = &consumer.context().resume;
+    if guard.armed() {
+        guard.check_idle(consumer);
+    }
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(batch),
+            m = consumer.recv() => m?,
+            _ = tokio::time::sleep(crate::resume::IDLE_AFTER), if guard.armed() => {
+                guard.check_idle(consumer);
+                continue;
+            }
+        };
+        if guard.admit(consumer, &m) {
+            // Room for a full batch once one starts: growing it by
+            // doubling copied it a dozen times per batch, into fresh pages
+            // the kernel zeroed.
+            batch.reserve(max.clamp(1, MAX_PREALLOCATED));
+            batch.push(m.detach());
+            break;
+        }
+    }
     let deadline = tokio::time::sleep(max_wait);
     tokio::pin!(deadline);
     while batch.len() < max {
         tokio::select! {
             biased;
-            m = consumer.recv() => batch.push(m?.detach()),
+            m = consumer.recv() => {
+                let m = m?;
+                if guard.admit(consumer, &m) {
+                    batch.push(m.detach());
+                }
+            }
             _ = &mut deadline => break,
         }
     }

@@ -11,6 +11,7 @@ mod batch;
 mod dead_letter;
 mod partition;
 mod progress;
+mod resume;
 pub mod retry;
 mod role;
 mod settings;

@@ -20,8 +20,12 @@ use crate::watchdog::watch_assignment;
 pub type KafkaConsumer = StreamConsumer<RoleContext>;
 
 /// The client context of [`KafkaConsumer`].
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RoleContext;
+#[derive(Debug, Default)]
+pub struct RoleContext {
+    /// Checks where each newly assigned partition resumes (see
+    /// [`crate::resume`]).
+    pub(crate) resume: crate::resume::ResumeGuard,
+}
 
 impl ClientContext for RoleContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -54,9 +58,11 @@ impl ConsumerContext for RoleContext {
         };
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.resume.assigned(tpl);
                 tracing::info!(partitions = %list(tpl), "partitions assigned")
             }
             Rebalance::Revoke(tpl) => {
+                self.resume.revoked(tpl);
                 tracing::info!(partitions = %list(tpl), "partitions revoked")
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
@@ -202,7 +208,7 @@ impl KafkaSettings {
         }
         config
             .own(&self.properties)
-            .create_with_context(RoleContext)
+            .create_with_context(RoleContext::default())
     }
 
     /// A member of `group` subscribed to `topic`, watched until `cancel`
@@ -252,7 +258,7 @@ impl KafkaSettings {
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", self.fetch_wait())
             .own(&self.properties)
-            .create_with_context(RoleContext)
+            .create_with_context(RoleContext::default())
     }
 
     /// A consumer that is assigned partitions by hand and never commits
@@ -265,7 +271,7 @@ impl KafkaSettings {
             .set("fetch.wait.max.ms", self.fetch_wait())
             .set("enable.partition.eof", "false")
             .own(&self.properties)
-            .create_with_context(RoleContext)
+            .create_with_context(RoleContext::default())
     }
 }
 
@@ -286,6 +292,7 @@ fn assign_all(consumer: &KafkaConsumer, topic: &str) -> Result<(), KafkaError> {
         )));
     }
     consumer.assign(&tpl)?;
+    consumer.context().resume.assigned(&tpl);
     tracing::info!(%topic, partitions = tpl.count(), "solo: every partition assigned by hand");
     Ok(())
 }
