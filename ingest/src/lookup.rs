@@ -57,13 +57,32 @@ pub(crate) fn queue_reads(
     kind: LookupKind,
     id: &str,
 ) {
-    for w in to_read(windows) {
-        pipe.hget(keys.lookup(kind, id, w), id);
-    }
-    pipe.get(keys.legacy_lookup(kind, id));
+    queue_windowed_reads(
+        pipe,
+        windows,
+        id,
+        |w| keys.lookup(kind, id, w),
+        keys.legacy_lookup(kind, id),
+    );
 }
 
-/// The newest of the replies [`queue_reads`] asked for.
+/// Adds the reads of field `id` of a windowed hash to `pipe`: the hash
+/// `hash(window)` of each window to read now, newest first, then the key
+/// `legacy` it had before the hashes. [`first`] picks the answer.
+pub(crate) fn queue_windowed_reads(
+    pipe: &mut redis::Pipeline,
+    windows: LookupWindows,
+    id: &str,
+    hash: impl Fn(u64) -> String,
+    legacy: String,
+) {
+    for w in to_read(windows) {
+        pipe.hget(hash(w), id);
+    }
+    pipe.get(legacy);
+}
+
+/// The newest of the replies [`queue_windowed_reads`] asked for.
 pub(crate) fn first(found: [Option<String>; 4]) -> Option<String> {
     found.into_iter().flatten().next()
 }

@@ -2,9 +2,10 @@
 //!
 //! The broker's acknowledgement of a purchase says where it went
 //! (partition and offset). A background writer records that, with the
-//! buyer, under [`KeyLayout::position`] (a field of a windowed hash); the purchase's answer never waits for it. The processors record how far they are on each partition
-//! ([`KeyLayout::progress`], once per batch). What is ahead of a request is
-//! the difference of the two; see [`place`].
+//! buyer, under [`KeyLayout::position`] (a field of a windowed hash); the
+//! purchase's answer never waits for it. The processors record how far
+//! they are on each partition ([`KeyLayout::progress`], once per batch).
+//! What is ahead of a request is the difference of the two; see [`place`].
 //!
 //! A position is a convenience: the request itself is safe in the log
 //! once acknowledged. So a full writer queue drops the position (counted,
@@ -33,19 +34,17 @@ const QUEUE: usize = 16_384;
 /// Positions written in one pipeline, at most.
 const WRITE_BATCH: usize = 1024;
 
-/// Adds the reads of `request_id`'s position to `pipe`: one reply per
-/// window, newest first, then the key an older ingest wrote it under (see
-/// [`first_position`]).
+/// Adds the reads of `request_id`'s position to `pipe`, in the windows it
+/// may have been written in, then the key an older ingest wrote it under;
+/// [`crate::lookup::first`] picks the answer.
 pub(crate) fn queue_position_reads(pipe: &mut redis::Pipeline, keys: &KeyLayout, request_id: &str) {
-    for w in position_windows().to_read(LookupWindows::now_secs()) {
-        pipe.hget(keys.position(request_id, w), request_id);
-    }
-    pipe.get(keys.legacy_position(request_id));
-}
-
-/// The newest of the replies [`queue_position_reads`] asked for.
-pub(crate) fn first_position(found: [Option<String>; 4]) -> Option<String> {
-    found.into_iter().flatten().next()
+    crate::lookup::queue_windowed_reads(
+        pipe,
+        position_windows(),
+        request_id,
+        |w| keys.position(request_id, w),
+        keys.legacy_position(request_id),
+    );
 }
 
 /// Progress this old while messages wait means the processors are stalled
@@ -418,6 +417,8 @@ mod tests {
             .collect();
         let cmds = commands(&position_pipeline(&keys, &batch, now));
         let window = position_windows().current(now);
+        // The reader's windows at the same clock include it.
+        assert!(position_windows().to_read(now).contains(&window));
         let mut stored = HashMap::new();
         let mut hashes = 0;
         for c in &cmds {
@@ -441,8 +442,6 @@ mod tests {
         assert_eq!(stored.len(), batch.len());
         for e in &batch {
             let (key, value) = &stored[&e.request_id];
-            // The reader's window of the same clock holds it.
-            assert!(position_windows().to_read(now).contains(&window));
             assert_eq!(key, &keys.position(&e.request_id, window));
             assert_eq!(Position::parse(value).as_ref(), Ok(&e.position));
         }

@@ -98,11 +98,12 @@ pub(super) async fn get(
     crate::position::queue_position_reads(&mut pipe, &app.keys, &request_id);
     // Four replies for the result, then four for the position.
     type S = Option<String>;
-    let read: Result<(S, S, S, S, S, S, S, S), _> = pipe.query_async(&mut con).await;
+    type Read = (S, S, S, S, S, S, S, S);
+    let read: Result<Read, _> = pipe.query_async(&mut con).await;
     let (result, position) = match read {
         Ok((a, b, c, d, e, f, g, h)) => (
             crate::lookup::first([a, b, c, d]),
-            crate::position::first_position([e, f, g, h]),
+            crate::lookup::first([e, f, g, h]),
         ),
         Err(e) => return redis_down(e).into_response(),
     };
